@@ -1,0 +1,1 @@
+"""Mooncake end-to-end CI harness: prepares GPU hosts, runs SGLang/vLLM cases, writes results."""

@@ -1,0 +1,107 @@
+"""Hosts: where commands run and files live. `LocalHost` is this machine (subprocess + files).
+
+The remote host (`SSHHost`, paramiko exec + SFTP) has the same small interface.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from harness.errors import CommandFailed
+
+
+@dataclass(frozen=True)
+class Completed:
+    """What a finished command left: its argv, exit status and combined output."""
+    argv: list[str]
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class LocalHost:
+    """This machine. `name` is how errors refer to it; `address` is the IP servers bind."""
+
+    def __init__(self, name: str = "local", address: str = "127.0.0.1") -> None:
+        self.name = name
+        self.address = address
+
+    def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+            timeout: float | None = None, cwd: object = None, check: bool = True) -> Completed:
+        """Run argv to completion; stdout and stderr together. Raises CommandFailed on non-zero."""
+        full_env = {**os.environ, **env} if env else None
+        try:
+            proc = subprocess.run(list(argv), env=full_env, cwd=str(cwd) if cwd else None,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, timeout=timeout, text=True,
+                                  errors="replace")
+        except subprocess.TimeoutExpired as exc:
+            out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else ""
+            raise CommandFailed(argv, None, out or "", host=self.name) from None
+        except FileNotFoundError as exc:
+            raise CommandFailed(argv, 127, str(exc), host=self.name) from None
+        done = Completed(list(argv), proc.returncode, proc.stdout)
+        if check and not done.ok:
+            raise CommandFailed(argv, done.exit_code, done.output, host=self.name)
+        return done
+
+    # --- files --------------------------------------------------------------------------------
+    def read_text(self, path: object) -> str:
+        return Path(str(path)).read_text(errors="replace")
+
+    def read_tail(self, path: object, max_bytes: int = 64 * 1024) -> str:
+        """The end of a file (for log tails); '' when it does not exist."""
+        try:
+            with open(str(path), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                fh.seek(max(0, size - max_bytes))
+                return fh.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def read_from(self, path: object, offset: int) -> tuple[str, int]:
+        """Text appended to a file since `offset`, and the new offset (for following a log)."""
+        try:
+            with open(str(path), "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return "", offset
+        return data.decode(errors="replace"), offset + len(data)
+
+    def write_text(self, path: object, text: str) -> None:
+        target = Path(str(path))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+
+    def exists(self, path: object) -> bool:
+        return Path(str(path)).exists()
+
+    def mkdir(self, path: object) -> None:
+        Path(str(path)).mkdir(parents=True, exist_ok=True)
+
+    def remove(self, path: object) -> None:
+        """Remove a file or a whole tree; nothing there is fine."""
+        target = Path(str(path))
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    def empty_dir(self, path: object) -> None:
+        """Make `path` an existing, empty directory."""
+        self.remove(path)
+        self.mkdir(path)
+
+    def close(self) -> None:
+        """Nothing to release locally; here for the same interface as the SSH host."""

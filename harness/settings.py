@@ -1,0 +1,253 @@
+"""Every setting of the harness: its name, type, default and meaning, defined once (SPEC §3).
+
+`Settings.from_env()` reads them from the environment (the names T-One already sets);
+`write_shrc`/`read_shrc` keep `run/.shrc` as `export NAME=value` lines so a person can source it.
+Secrets are never written or printed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import shlex
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness.errors import SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ImagePull(str, enum.Enum):
+    ALWAYS = "always"
+    MISSING = "missing"
+    NEVER = "never"
+
+
+class HostKeyPolicy(str, enum.Enum):
+    STRICT = "strict"
+    ACCEPT_NEW = "accept-new"
+    IGNORE = "ignore"
+
+
+class Runtime(str, enum.Enum):
+    DOCKER = "docker"
+    HOST = "host"
+
+
+def _s(env: str, default: Any, help: str, *, secret: bool = False,
+       aliases: tuple[str, ...] = ()) -> Any:
+    """A setting: read from `env` (or the first of `aliases` that is set)."""
+    meta = {"env": env, "help": help, "secret": secret, "aliases": aliases}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- names T-One sets today -------------------------------------------------------------
+    container_name: str = _s("CONTAINER_NAME", "mooncake-ci-test", "container on each host")
+    model_cache: str = _s("MODEL_CACHE", "/root/.cache",
+                          "host dir mounted at /root/.cache in the container")
+    registry_addr_sglang: str = _s("REGISTRY_ADDR_SGLANG", "lmsysorg/sglang:latest",
+                                   "image for SGLANG cases")
+    registry_addr_vllm: str = _s("REGISTRY_ADDR_VLLM", "vllm/vllm-openai:latest",
+                                 "image for VLLM cases")
+    use_huggingface_mirror: bool = _s(
+        "USE_HUGGINGFACE_MIRROR", True,
+        "pass HF_ENDPOINT=$HUGGINGFACE_MIRROR and HF_HUB_ENABLE_HF_TRANSFER=1 into the container")
+    huggingface_mirror: str = _s("HUGGINGFACE_MIRROR", "https://hf-mirror.com",
+                                 "Hugging Face mirror URL")
+    use_modelscope: bool = _s(
+        "USE_MODELSCOPE", False,
+        "pass SGLANG_USE_MODELSCOPE=true; different_tp then skips its offline-cache decision")
+    remote_test_dir: str = _s("REMOTE_TEST_DIR", "/tmp/Mooncake_tone/mooncake_ci_test",
+                              "where the project lives on the remote host")
+    local_ip: str = _s("LOCAL_IP", "", "address of the local host; required by double cases")
+    remote_ip: str = _s("REMOTE_IP", "", "address of the remote host; required by double cases")
+    artifact_id: str = _s("ARTIFACT_ID", "",
+                          "GitHub Actions artifact id that holds the Mooncake wheel")
+    git_repo: str = _s("GIT_REPO", "", "repository (owner/name) of the artifact")
+    pr_id: str = _s("PR_ID", "", "pull request under test; recorded in the run summary")
+    # --- the harness's own ------------------------------------------------------------------
+    mooncake_wheel: str = _s(
+        "MOONCAKE_WHEEL", "",
+        "take the wheel from a local path, an URL or a pip requirement instead of the artifact")
+    github_api_url: str = _s("GITHUB_API_URL", "https://api.github.com", "artifact API base")
+    github_token: str = _s(
+        "GITHUB_TOKEN", "",
+        "token for the artifact download (secret); else the logged-in GitHub CLI's token",
+        secret=True, aliases=("GH_TOKEN",))
+    install_erdma: bool = _s("INSTALL_ERDMA", True, "run the eRDMA install step")
+    erdma_repo_url: str = _s("ERDMA_REPO_URL", "http://mirrors.cloud.aliyuncs.com/erdma",
+                             "eRDMA apt repo")
+    rdma_devices: list = _s(
+        "RDMA_DEVICES",
+        ["/dev/infiniband/uverbs0", "/dev/infiniband/uverbs1", "/dev/infiniband/rdma_cm"],
+        "comma list of devices passed to the container where they exist")
+    image_pull: ImagePull = _s("IMAGE_PULL", ImagePull.ALWAYS,
+                               "always (a failed pull is an error), missing, never")
+    container_gpus: str = _s("CONTAINER_GPUS", "all", "all, none, or a device list (0,1,...)")
+    container_shm_size: str = _s("CONTAINER_SHM_SIZE", "128g", "container /dev/shm size")
+    container_privileged: bool = _s("CONTAINER_PRIVILEGED", True,
+                                    "privileged container (some runtimes refuse it)")
+    container_memlock: int = _s("CONTAINER_MEMLOCK", -1,
+                                "memlock ulimit in bytes; -1 is unlimited")
+    remote_container_name: str = _s("REMOTE_CONTAINER_NAME", "",
+                                    "container name on the remote host (default CONTAINER_NAME)")
+    remote_user: str = _s("REMOTE_USER", "root", "SSH user on the remote host")
+    remote_ssh_port: int = _s("REMOTE_SSH_PORT", 22, "SSH port of the remote host")
+    remote_ssh_key: str = _s("REMOTE_SSH_KEY", "", "SSH private key (default: agent/default keys)")
+    ssh_host_key_policy: HostKeyPolicy = _s("SSH_HOST_KEY_POLICY", HostKeyPolicy.ACCEPT_NEW,
+                                            "strict, accept-new or ignore")
+    ssh_known_hosts: str = _s("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts", "known_hosts file")
+    router_pip_index_url: str = _s("ROUTER_PIP_INDEX_URL",
+                                   "https://mirrors.aliyun.com/pypi/simple/",
+                                   "index for the on-demand sglang-router install")
+    sglang_workspace: str = _s("SGLANG_WORKSPACE", "/sgl-workspace",
+                               "where the SGLang image keeps its source tree")
+    vllm_workspace: str = _s("VLLM_WORKSPACE", "/vllm-workspace",
+                             "where the vLLM image keeps its examples")
+    harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
+                                  "docker: processes run in the container; host: on each host")
+    harness_sim: bool = _s("HARNESS_SIM", False, "true: the engines are the simulator (sim/)")
+    sim_startup_s: float = _s("HARNESS_SIM_STARTUP_S", 0.5,
+                              "seconds before a simulated engine is ready")
+    sim_vllm_version: str = _s("HARNESS_SIM_VLLM_VERSION", "0.17.0",
+                               "vLLM version the simulator reports")
+    sim_faults: str = _s("HARNESS_SIM_FAULTS", "", "comma list of component:fault (sim only)")
+    # --- timeouts ---------------------------------------------------------------------------
+    timeout_server_ready_s: float = _s("TIMEOUT_SERVER_READY_S", 240.0,
+                                       "wait for a server's ready line")
+    timeout_health_s: float = _s("TIMEOUT_HEALTH_S", 120.0, "wait for a server's health 200")
+    timeout_router_s: float = _s("TIMEOUT_ROUTER_S", 120.0, "wait for the router")
+    timeout_proxy_s: float = _s("TIMEOUT_PROXY_S", 240.0, "wait for the vLLM proxy")
+    timeout_stop_s: float = _s("TIMEOUT_STOP_S", 10.0, "most a stop waits before killing")
+    timeout_gpu_drain_s: float = _s("TIMEOUT_GPU_DRAIN_S", 60.0, "GPU memory drain wait")
+    timeout_gpu_drain_after_kill_s: float = _s("TIMEOUT_GPU_DRAIN_AFTER_KILL_S", 45.0,
+                                               "second drain wait, after the kill")
+    timeout_case_s: float = _s("TIMEOUT_CASE_S", 7200.0,
+                               "most a single-host case's payload may run")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read every setting from `environ` (default os.environ); bad values raise SettingsError."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            for name in (f.metadata["env"], *f.metadata["aliases"]):
+                raw = environ.get(name)
+                if raw is not None and raw != "":
+                    values[f.name] = _parse(f, name, raw)
+                    break
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.harness_sim and self.sim_faults:
+            from harness import simknobs
+            simknobs.check_faults(self.sim_faults)
+        if self.sim_startup_s < 0:
+            raise SettingsError("HARNESS_SIM_STARTUP_S must be >= 0")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def remote_container(self) -> str:
+        return self.remote_container_name or self.container_name
+
+    def image_for(self, group: str) -> str:
+        return self.registry_addr_vllm if group == "VLLM" else self.registry_addr_sglang
+
+    def env_items(self) -> list[tuple[str, str]]:
+        """(NAME, value) of every non-secret setting, as they would be exported."""
+        out = []
+        for f in fields(self):
+            if f.metadata["secret"]:
+                continue
+            out.append((f.metadata["env"], _format(getattr(self, f.name))))
+        return out
+
+
+def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
+    kind = f.type if not isinstance(f.type, str) else _TYPES[f.type]
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind is list:
+            return [part.strip() for part in raw.split(",") if part.strip()]
+        if issubclass(kind, enum.Enum):
+            return kind(raw.strip().lower())
+        return kind(raw)
+    except ValueError:
+        accepted = ""
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            accepted = " (accepted: " + ", ".join(m.value for m in kind) + ")"
+        elif kind is bool:
+            accepted = " (accepted: true, false)"
+        raise SettingsError(f"bad value for {name}: {raw!r}{accepted}") from None
+
+
+_TYPES = {"str": str, "bool": bool, "int": int, "float": float, "list": list,
+          "ImagePull": ImagePull, "HostKeyPolicy": HostKeyPolicy, "Runtime": Runtime}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
+
+
+def help_text() -> str:
+    """Every setting with its default and meaning, for --help and the README."""
+    lines = []
+    for f in fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = _format(default) if default != "" else "(unset)"
+        lines.append(f"  {f.metadata['env']:<32} {shown:<24} {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def write_shrc(path: Path, settings: Settings, paths: Mapping[str, str]) -> None:
+    """Write `export NAME=value` lines: every non-secret setting, then the path entries."""
+    items = settings.env_items() + list(paths.items())
+    text = "# written by the Mooncake E2E harness; `source` it to see what a run used\n"
+    text += "".join(f"export {name}={shlex.quote(value)}\n" for name, value in items)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_shrc(path: Path) -> dict[str, str]:
+    """Parse a `.shrc`; a line that is not `export NAME=value` raises SettingsError naming it."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            words = shlex.split(stripped)
+        except ValueError as exc:
+            raise SettingsError(f"{path}:{number}: cannot parse {line!r} ({exc})",
+                                hint=f"delete {path} and run again") from None
+        if len(words) != 2 or words[0] != "export" or "=" not in words[1]:
+            raise SettingsError(f"{path}:{number}: expected 'export NAME=value', got {line!r}",
+                                hint=f"delete {path} and run again")
+        name, _, value = words[1].partition("=")
+        values[name] = value
+    return values
