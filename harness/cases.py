@@ -1,0 +1,177 @@
+"""The case contract and the registry (SPEC §7).
+
+A case is one module in `cases/` that defines `CASE = Case(...)`; the registry finds it, so adding
+a case edits nothing else. A case's `run(ctx)` returns when the case passed and raises a
+`HarnessError` (usually `CaseFailed`) when it did not. It gets everything from its `CaseContext`:
+settings, nodes, paths, and helpers that start servers and payloads and always stop them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import pkgutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Callable, Iterator, Mapping, Sequence
+
+from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
+from harness.nodes import Node
+from harness.results import CaseResult
+from harness.servers import CANCEL, POLL_S, Rule, Server
+from harness.settings import Settings
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("SGLANG", "VLLM")
+SINGLE, DOUBLE = "single", "double"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    group: str
+    kind: str
+    order: int
+    models: tuple[str, ...]
+    run: Callable[["CaseContext"], None]
+    summary: str = ""
+
+    @property
+    def double(self) -> bool:
+        return self.kind == DOUBLE
+
+
+def discover() -> dict[str, Case]:
+    """Every `CASE` defined by a module of the `cases` package, by name."""
+    import cases as package
+
+    found: dict[str, Case] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"cases.{info.name}")
+        case = getattr(module, "CASE", None)
+        if isinstance(case, Case):
+            found[case.name] = case
+    return found
+
+
+def resolve(name: str, registry: Mapping[str, Case] | None = None) -> Case:
+    """A case by name, with or without `.sh`/`.py`; unknown names list what is accepted."""
+    registry = discover() if registry is None else registry
+    bare = name.strip()
+    for suffix in (".sh", ".py"):
+        bare = bare.removesuffix(suffix)
+    bare = PurePosixPath(bare).name
+    if bare not in registry:
+        raise SettingsError(f"unknown case {name!r}; known cases: {', '.join(sorted(registry))}")
+    return registry[bare]
+
+
+def group_cases(group: str, registry: Mapping[str, Case] | None = None) -> list[Case]:
+    """The cases of a group in run order (SGLANG, VLLM, or ALL: SGLANG then VLLM)."""
+    registry = discover() if registry is None else registry
+    wanted = GROUPS if group.upper() == "ALL" else (group.upper(),)
+    if not set(wanted) <= set(GROUPS):
+        raise SettingsError(f"unknown group {group!r}; accepted: SGLANG, VLLM, ALL")
+    return [c for g in wanted for c in sorted(
+        (c for c in registry.values() if c.group == g), key=lambda c: c.order)]
+
+
+class CaseContext:
+    """What a running case is handed by the runner."""
+
+    def __init__(self, case: Case, settings: Settings, local: Node, remote: Node | None,
+                 result: CaseResult, stack: ExitStack) -> None:
+        self.case = case
+        self.settings = settings
+        self.local = local
+        self.remote = remote
+        self.result = result
+        self._stack = stack
+
+    # --- steps --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time a step and tag any error raised in it with the step's name."""
+        log.info("%s: %s", self.case.name, name)
+        with self.result.timed(name):
+            try:
+                yield
+            except HarnessError as exc:
+                raise exc.at(step=name)
+
+    # --- environment for what the case starts -------------------------------------------------
+    def pythonpath(self, node: Node, *extra: object) -> list[str]:
+        """PYTHONPATH entries to prepend: the simulator first when HARNESS_SIM=true."""
+        first = [str(node.layout.sim_site)] if self.settings.harness_sim else []
+        return first + [str(p) for p in extra]
+
+    def sglang_workspace(self, node: Node) -> str:
+        if self.settings.harness_sim:
+            return str(node.layout.sim_workspace)
+        return self.settings.sglang_workspace
+
+    def vllm_workspace(self, node: Node) -> str:
+        if self.settings.harness_sim:
+            return str(node.layout.sim_workspace)
+        return self.settings.vllm_workspace
+
+    def sim_env(self, component: str | None = None) -> dict[str, str]:
+        """The simulator's knobs, passed to everything the harness starts when simulating."""
+        if not self.settings.harness_sim:
+            return {}
+        env = {"HARNESS_SIM": "true",
+               "HARNESS_SIM_STARTUP_S": str(self.settings.sim_startup_s),
+               "HARNESS_SIM_FAULTS": self.settings.sim_faults,
+               "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version}
+        if component:
+            env["HARNESS_SIM_COMPONENT"] = component
+        return env
+
+    # --- processes ----------------------------------------------------------------------------
+    def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,
+               ready: Sequence[Rule], env: Mapping[str, str] | None = None,
+               pythonpath: Sequence[str] = (), cwd: object = None) -> Server:
+        """A server that is stopped when the case ends, whatever happens."""
+        server = Server(name, node, list(argv), self.case.name, log, list(ready),
+                        dict(env or {}), list(pythonpath), cwd)
+        self._stack.callback(server.stop, self.settings.timeout_stop_s)
+        return server
+
+    def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                    pythonpath: Sequence[str] = (), cwd: object = None,
+                    node: Node | None = None) -> None:
+        """Run a single-host case's command in the background into `<case>.log`; wait for it.
+
+        Running it as a spawned group (not a blocking exec) lets Ctrl-C stop it and everything
+        it started, inside a container too.
+        """
+        node = node or self.local
+        log_path = node.layout.case_log(self.case.name)
+        server = self.server("payload", node, argv, log=log_path, ready=(), env=env,
+                             pythonpath=pythonpath, cwd=cwd)
+        server.start()
+        proc = server.proc
+        assert proc is not None
+        deadline = time.monotonic() + self.settings.timeout_case_s
+        next_alive_check = time.monotonic() + 1.0
+        while (code := proc.exit_code()) is None:
+            now = time.monotonic()
+            if CANCEL.is_set():
+                raise HarnessError("interrupted while the payload ran", host=node.name)
+            if now >= deadline:
+                raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
+                                 host=node.name, log_tail=server.log_tail())
+            if now >= next_alive_check:
+                next_alive_check = now + 1.0
+                if not node.alive(proc.pgid) and proc.exit_code() is None:
+                    raise ServerExited("payload is gone without an exit status (killed?)",
+                                       host=node.name, log_tail=server.log_tail())
+            time.sleep(POLL_S)
+        # The stop registered above still runs: it ends anything the payload left in its group.
+        if code != 0:
+            raise CaseFailed(f"payload exited with status {code}", host=node.name,
+                             log_tail=tail(server.log_tail(40), 40),
+                             hint=f"see {log_path.name} in the case's log dir")

@@ -1,0 +1,99 @@
+"""Entry points. Sessions parse their arguments and call the harness (`python -m harness`).
+
+A bare `nox` runs only what needs no Docker, GPU or remote host: lint and the unit tests.
+"""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "unit"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+ROOT = Path(__file__).resolve().parent
+# nox gives a child 0.3 s after Ctrl-C before terminating it; the harness needs time to stop
+# servers on both hosts and remove its containers (TIMEOUT_STOP_S is 10 s per server).
+HARNESS_STOP = {"interrupt_timeout": 180.0, "terminate_timeout": 30.0}
+
+
+def _forward_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM to nox takes Ctrl-C's path: the harness child gets SIGTERM, nox waits for it."""
+    me = str(os.getpid())
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(") ")[2].split()
+        except OSError:
+            continue
+        if fields and fields[1] == me:
+            try:
+                os.kill(int(stat.parent.name), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, _forward_sigterm)
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+def _harness(session: nox.Session, *args: str) -> None:
+    _install(session)
+    session.run("python", "-m", "harness", *args, **HARNESS_STOP)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Static checks (ruff)."""
+    session.install("ruff")
+    session.run("ruff", "check", "harness", "cases", "payloads", "sim", "tests", "noxfile.py",
+                "tasks.py", *session.posargs)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """Unit tests: no Docker, sshd or GPU needed."""
+    _install(session, "test")
+    session.run("pytest", "tests/unit", "-q", *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite: unit and integration (Docker engine, sshd, offline image)."""
+    _install(session, "test")
+    session.run("pytest", "tests", "-ra", *session.posargs, **HARNESS_STOP)
+
+
+@nox.session(default=False)
+def single(session: nox.Session) -> None:
+    """Run one case: nox -s single -- <case>."""
+    if len(session.posargs) != 1:
+        _install(session)
+        session.run("python", "-m", "harness", "list", silent=False)
+        session.error("Usage: nox -s single -- <case>")
+    _harness(session, "single", session.posargs[0])
+
+
+@nox.session(default=False)
+def sglang(session: nox.Session) -> None:
+    """Run-all for the SGLANG group."""
+    _harness(session, "group", "SGLANG")
+
+
+@nox.session(default=False)
+def vllm(session: nox.Session) -> None:
+    """Run-all for the VLLM group."""
+    _harness(session, "group", "VLLM")
+
+
+@nox.session(name="all", default=False)
+def all_groups(session: nox.Session) -> None:
+    """SGLANG group, then VLLM group."""
+    _harness(session, "group", "ALL")

@@ -1,0 +1,94 @@
+"""invoke tasks: each per-host preparation step on its own, for people debugging a host by hand.
+
+They read the same settings as everything else (environment variables, `python -m harness
+settings` lists them) and call the same functions as a run. `invoke --list` shows them.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+from invoke import Exit, task
+
+from harness.errors import HarnessError
+from harness.settings import Settings
+
+GROUP_HELP = {"group": "SGLANG or VLLM: which image (REGISTRY_ADDR_SGLANG/_VLLM) to use"}
+
+
+def _harness_task(body):
+    """Settings in, one clear line and exit 1 out on any harness error."""
+    @functools.wraps(body)
+    def wrapper(c, *args, **kwargs):
+        if not logging.getLogger().handlers:
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                                datefmt="%H:%M:%S", stream=sys.stderr)
+        try:
+            return body(c, Settings.from_env(), *args, **kwargs)
+        except HarnessError as exc:
+            raise Exit(f"error: {exc.details()}", code=1) from None
+    return wrapper
+
+
+def _group(group: str) -> str:
+    group = group.upper()
+    if group not in ("SGLANG", "VLLM"):
+        raise Exit(f"error: unknown group {group!r}; accepted: SGLANG, VLLM", code=2)
+    return group
+
+
+@task(help=GROUP_HELP)
+@_harness_task
+def prepare(c, settings, group="SGLANG"):
+    """Prepare this host: run dir and .shrc, wheel, image, container, eRDMA, Python installs."""
+    from harness import runner
+    runner.prepare_standalone(settings, _group(group))
+
+
+@task(name="get-wheel")
+@_harness_task
+def get_wheel(c, settings):
+    """Fetch the Mooncake wheel into run/whls (ARTIFACT_ID+GIT_REPO, or MOONCAKE_WHEEL)."""
+    from harness.layout import Layout
+    from harness.settings import PROJECT_ROOT
+    from harness.wheel import fetch_wheel
+    print(fetch_wheel(settings, Path(Layout.at(PROJECT_ROOT).whls)))
+
+
+@task(name="start-container", help=GROUP_HELP)
+@_harness_task
+def start_container(c, settings, group="SGLANG"):
+    """Pull the group's image (per IMAGE_PULL) and start CONTAINER_NAME, replacing an old one."""
+    from harness import prep, runner
+    node = runner.container_node(settings)
+    image = settings.image_for(_group(group))
+    prep.pull_image(node.client, image, settings.image_pull)
+    prep.start_container(node, image, "manual")
+    print(f"container {settings.container_name} running {image}")
+
+
+@task(name="stop-container")
+@_harness_task
+def stop_container(c, settings):
+    """Stop and remove CONTAINER_NAME on this host."""
+    from harness import runner
+    runner.container_node(settings).remove()
+    print(f"container {settings.container_name} removed")
+
+
+@task(name="install-erdma")
+@_harness_task
+def install_erdma(c, settings):
+    """Install the eRDMA user-space packages in the running container and check ibv_devinfo."""
+    from harness import prep, runner
+    prep.install_erdma(runner.container_node(settings), settings)
+
+
+@task(help={"wheels": "also remove run/whls and run/.shrc"})
+@_harness_task
+def clean(c, settings, wheels=False):
+    """Stop processes recorded in run/pids, remove the container and run/logs, run/pids."""
+    from harness import runner
+    runner.clean(settings, wheels=wheels)

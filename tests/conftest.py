@@ -1,0 +1,77 @@
+"""Shared fixtures. Real components (Docker engine, test image, sshd) are found here.
+
+Where they are missing a test skips, except with HARNESS_REQUIRE_REAL=1 (set by .ci/run): then a
+missing engine or image fails the run at once with one clear line, and any skip of a test marked
+`docker` or `ssh` is turned into a failure.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_IMAGE = os.environ.get("HARNESS_TEST_IMAGE", "mooncake-harness-test:bookworm")
+WHEEL_CACHE = Path(os.environ.get("HARNESS_CACHE", "/var/cache/mooncake-harness")) / "wheels"
+REQUIRE_REAL = os.environ.get("HARNESS_REQUIRE_REAL", "") not in ("", "0", "false")
+REAL_MARKERS = ("docker", "ssh")
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def missing(what: str) -> None:
+    """Skip, or, where real components are required, fail the whole run with one line."""
+    if REQUIRE_REAL:
+        pytest.exit(f"HARNESS_REQUIRE_REAL=1 but {what}; run: bash tests/provision.sh",
+                    returncode=3)
+    pytest.skip(what)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_REAL and report.skipped and any(item.get_closest_marker(m) for m in REAL_MARKERS):
+        report.outcome = "failed"
+        report.longrepr = f"HARNESS_REQUIRE_REAL=1: a real-component test may not skip ({item.nodeid})"
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A client of the real Docker engine, with the offline test image present."""
+    try:
+        import docker
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+        missing(f"the Docker engine does not answer ({type(exc).__name__}: {exc})")
+    try:
+        client.images.get(TEST_IMAGE)
+    except Exception:  # noqa: BLE001
+        missing(f"the test image {TEST_IMAGE} is not built")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client) -> str:
+    return TEST_IMAGE
+
+
+@pytest.fixture(scope="session")
+def mooncake_wheel() -> Path:
+    """The real Mooncake wheel downloaded by tests/provision.sh."""
+    found = sorted(glob.glob(str(WHEEL_CACHE / "mooncake_transfer_engine-*.whl")))
+    if not found:
+        missing(f"no mooncake_transfer_engine wheel in {WHEEL_CACHE}")
+    return Path(found[-1])
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(item.get_closest_marker(m) for m in REAL_MARKERS):
+            item.add_marker(pytest.mark.integration)

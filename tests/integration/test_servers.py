@@ -1,0 +1,106 @@
+"""Server lifecycle on a real process: the simulated SGLang server, run directly on this host."""
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import NotReady, ServerExited
+from harness.hosts import LocalHost
+from harness.nodes import HostNode, local_group_alive
+from harness.servers import Server, http_session, sglang_ready, start_all, wait_all
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def node(tmp_path):
+    return HostNode(LocalHost("local", "127.0.0.1"), tmp_path)
+
+
+def sim_server(node, name, *, faults="", component=None, ready_s=20.0, startup_s=0.2):
+    port = free_port()
+    env = {"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": str(startup_s),
+           "HARNESS_SIM_FAULTS": faults}
+    if component:
+        env["HARNESS_SIM_COMPONENT"] = component
+    argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", "sim/model",
+            "--host", "127.0.0.1", "--port", str(port)]
+    server = Server(name, node, argv, "case", node.layout.case_logs("case") / f"{name}.log",
+                    sglang_ready("127.0.0.1", port, ready_s, ready_s), env,
+                    [str(ROOT / "sim" / "site")])
+    server.port = port
+    return server
+
+
+def test_ready_then_serves_then_stops(node):
+    server = sim_server(node, "prefill")
+    try:
+        start_all([server])
+        answer = http_session().post(f"http://127.0.0.1:{server.port}/generate",
+                                     json={"text": "Let me tell you a short story "}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["text"]
+        pgid = server.proc.pgid
+        assert local_group_alive(pgid)
+        pid_file = Path(node.layout.pid_file("case", "prefill"))
+        assert pid_file.read_text().strip() == str(pgid)
+    finally:
+        started = time.monotonic()
+        server.stop(5)
+    assert time.monotonic() - started < 3
+    assert not local_group_alive(pgid)
+    assert not pid_file.exists()
+
+
+def test_crash_during_startup_is_reported_at_once_with_log_tail(node):
+    server = sim_server(node, "decode", faults="decode:crash", component="decode", ready_s=240)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerExited) as err:
+            start_all([server])
+    finally:
+        server.stop(5)
+    assert time.monotonic() - started < 10
+    assert "decode" in str(err.value) and "exited with status 1" in str(err.value)
+    assert err.value.log_tail  # the last lines of its log are shown
+
+
+def test_hang_times_out_naming_what_was_awaited(node):
+    server = sim_server(node, "prefill", faults="prefill:hang", component="prefill", ready_s=1.5)
+    try:
+        with pytest.raises(NotReady) as err:
+            start_all([server])
+    finally:
+        server.stop(5)
+    assert "fired up and ready to roll" in str(err.value)
+    assert err.value.server == "prefill" and err.value.host == "local"
+
+
+def test_parallel_wait_fails_on_the_first_dead_server(node):
+    good = sim_server(node, "prefill", startup_s=30)
+    bad = sim_server(node, "decode", faults="decode:crash", component="decode")
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerExited, match="decode"):
+            start_all([good, bad])
+    finally:
+        for server in (good, bad):
+            server.stop(5)
+    assert time.monotonic() - started < 10
+
+
+def test_faults_only_touch_the_named_component(node):
+    server = sim_server(node, "prefill", faults="decode:crash", component="prefill")
+    try:
+        start_all([server])
+        wait_all([server])
+    finally:
+        server.stop(5)
