@@ -100,7 +100,8 @@ class CaseContext:
             try:
                 yield
             except HarnessError as exc:
-                raise exc.at(step=name)
+                exc.at(step=name)
+                raise
 
     # --- environment for what the case starts -------------------------------------------------
     def pythonpath(self, node: Node, *extra: object) -> list[str]:

@@ -202,7 +202,8 @@ class HostNode(Node):
         try:
             return self.host.run(argv, timeout=timeout, check=check)
         except CommandFailed as exc:
-            raise exc.at(host=self.name)
+            exc.at(host=self.name)
+            raise
 
     def alive(self, pgid: int) -> bool:
         if type(self.host) is LocalHost:

@@ -54,9 +54,12 @@ class Run:
         return any(c.double for c in self.cases)
 
 
-def run_cases(settings: Settings, cases: Sequence[Case], label: str) -> int:
+def run_cases(settings: Settings, cases: Sequence[Case], label: str,
+              layout: Layout | None = None) -> int:
     """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
     run = Run(settings, list(cases), label)
+    if layout is not None:
+        run.layout = layout
     started = time.monotonic()
     previous = _install_signal_handlers()
     try:
@@ -148,7 +151,8 @@ class _PrepStep:
         try:
             value = action()
         except HarnessError as exc:
-            raise exc.at(step=name, host=self.node.name)
+            exc.at(step=name, host=self.node.name)
+            raise
         finally:
             self.run.prep_s[f"{self.node.name}:{name}"] = round(time.monotonic() - start, 3)
         log.info("prep %s: %s done (%.1fs)", self.node.name, name, time.monotonic() - start)
@@ -165,7 +169,7 @@ def _local_node(settings: Settings, run: Run) -> Node:
     if settings.harness_runtime is Runtime.HOST:
         return HostNode(host, run.layout.root)
     from harness.container import ContainerNode
-    return ContainerNode(host, settings, settings.container_name, run.layout.root)
+    return ContainerNode(settings, host, run.layout.root)
 
 
 def _run_all(run: Run, stack: ExitStack) -> None:
@@ -281,8 +285,8 @@ def resolve_cases(names: Sequence[str]) -> list[Case]:
 def container_node(settings: Settings) -> Node:
     """The local container node (for tasks that act on CONTAINER_NAME)."""
     from harness.container import ContainerNode
-    return ContainerNode(LocalHost("local", settings.local_ip or "127.0.0.1"), settings,
-                         settings.container_name, PROJECT_ROOT)
+    return ContainerNode(settings, LocalHost("local", settings.local_ip or "127.0.0.1"),
+                         PROJECT_ROOT)
 
 
 def prepare_standalone(settings: Settings, group: str) -> None:

@@ -133,7 +133,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Read every setting from `environ` (default os.environ); bad values raise SettingsError."""
+        """Read every setting from `environ` (default os.environ); bad values: SettingsError."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):

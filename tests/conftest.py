@@ -37,7 +37,8 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if REQUIRE_REAL and report.skipped and any(item.get_closest_marker(m) for m in REAL_MARKERS):
         report.outcome = "failed"
-        report.longrepr = f"HARNESS_REQUIRE_REAL=1: a real-component test may not skip ({item.nodeid})"
+        report.longrepr = (f"HARNESS_REQUIRE_REAL=1: a real-component test may not skip "
+                           f"({item.nodeid})")
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +76,26 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in REAL_MARKERS):
             item.add_marker(pytest.mark.integration)
+
+
+PROJECT_PARTS = ("harness", "cases", "payloads", "sim", "scripts", "pyproject.toml",
+                 "noxfile.py", "tasks.py")
+
+
+def copy_project(dest: Path) -> Path:
+    """A copy of the project tree, so a test's run/ never touches the checkout's."""
+    import shutil
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in PROJECT_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+@pytest.fixture
+def project(tmp_path) -> Path:
+    return copy_project(tmp_path / "project")
