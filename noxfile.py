@@ -93,6 +93,13 @@ def vllm(session: nox.Session) -> None:
     _harness(session, "group", "VLLM")
 
 
+@nox.session(default=False)
+def demo(session: nox.Session) -> None:
+    """The SGLANG group on the built-in simulated cluster: no GPU, Docker or second host."""
+    _install(session, "demo")
+    session.run("python", "-m", "harness", "demo", **HARNESS_STOP)
+
+
 @nox.session(name="all", default=False)
 def all_groups(session: nox.Session) -> None:
     """SGLANG group, then VLLM group."""

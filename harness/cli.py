@@ -2,6 +2,7 @@
 
     python -m harness single CASE      run-single: prepare, run, decide, clean up
     python -m harness group GROUP      run-all for SGLANG, VLLM or ALL
+    python -m harness demo             the SGLANG group on the simulated cluster on this machine
     python -m harness list             the cases, in run order
     python -m harness settings         every setting with its default
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -22,6 +24,15 @@ from harness.results import CaseResult, write_case_result
 from harness.settings import PROJECT_ROOT, Settings, help_text
 
 EXIT_BAD_INPUT = 2
+# The demo's cluster: two nodes on this machine, simulated engines, no Docker, SSH or GPU.
+# Everything it relies on is set here; the simulator's knobs (HARNESS_SIM_FAULTS, ...) pass.
+DEMO_SETTINGS = {
+    "HARNESS_SIM": "true", "HARNESS_RUNTIME": "host",
+    "LOCAL_IP": "127.0.0.1", "REMOTE_IP": "127.0.0.2",
+    "CONTAINER_NAME": "mooncake-ci-demo", "REMOTE_CONTAINER_NAME": "mooncake-ci-demo",
+    "ARTIFACT_ID": "", "GIT_REPO": "", "MOONCAKE_WHEEL": "", "INSTALL_ERDMA": "false",
+    "USE_MODELSCOPE": "false",
+}
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -51,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     single.add_argument("case", nargs="?")
     group = sub.add_parser("group", help="run every case of a group: SGLANG, VLLM or ALL")
     group.add_argument("group")
+    sub.add_parser("demo", help="the SGLANG group on the built-in simulated cluster")
     sub.add_parser("list", help="list the cases in run order")
     sub.add_parser("settings", help="list every setting with its default")
     return parser
@@ -81,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
             asked = [args.case]
             cases = [case_registry.resolve(args.case)]
             label = cases[0].name
+        elif args.command == "demo":
+            cases = case_registry.group_cases("SGLANG")
+            asked, label = [c.name for c in cases], "SGLANG (demo)"
         else:
-            asked = []
             cases = case_registry.group_cases(args.group)
-            label = args.group.upper()
-        settings = Settings.from_env()
+            asked, label = [c.name for c in cases], args.group.upper()
+        environ = {**os.environ, **DEMO_SETTINGS} if args.command == "demo" else os.environ
+        settings = Settings.from_env(environ)
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         _fail_asked(layout, asked, str(exc))

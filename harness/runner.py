@@ -220,14 +220,15 @@ def _run_case(run: Run, case: Case) -> None:
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
 
 
-def _record_failure(result: CaseResult, exc: HarnessError) -> None:
+def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = False) -> None:
     result.status = Status.FAIL
     result.reason = str(exc)
     result.step = exc.step or ""
     result.host = exc.host or ""
     result.server = exc.server or ""
     result.log_tail = exc.log_tail or ""
-    log.error("%s failed: %s", result.case, exc.details())
+    if not quiet:
+        log.error("%s failed: %s", result.case, exc.details())
 
 
 def _fail_unfinished(run: Run, exc: HarnessError) -> None:
@@ -236,7 +237,7 @@ def _fail_unfinished(run: Run, exc: HarnessError) -> None:
     for result in run.results.values():
         if not result.reason and result.status is not Status.PASS:
             prefix = "environment unhealthy; case not run: " if exc.step == "reset" else ""
-            _record_failure(result, exc)
+            _record_failure(result, exc, quiet=True)
             result.reason = prefix + result.reason
 
 
