@@ -1,14 +1,18 @@
 """HiCache with the Mooncake storage backend: SGLang's HiCache storage tests on Mooncake."""
 from harness.cases import SINGLE, Case, CaseContext
+from harness.servers import offline_env
 
 NAME = "test_hicache_storage_mooncake_backend"
 PAYLOAD = "test_hicache_storage_mooncake_backend.py"
+MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct")
 
 
 def run(ctx: CaseContext) -> None:
     node = ctx.local
     hicache_tests = f"{ctx.sglang_workspace(node)}/sglang/test/registered/hicache"
-    env = {**ctx.sim_env(), "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
+    with ctx.step("check model cache"):
+        offline = offline_env(node, *MODELS)
+    env = {**ctx.sim_env(), **offline, "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
            "HARNESS_PAYLOAD_LOG_DIR": str(node.layout.case_logs(NAME)),
            "TIMEOUT_STOP_S": str(ctx.settings.timeout_stop_s)}
     with ctx.step("run payload"):
@@ -17,6 +21,5 @@ def run(ctx: CaseContext) -> None:
                         pythonpath=ctx.pythonpath(node, hicache_tests))
 
 
-CASE = Case(NAME, "SGLANG", SINGLE, 10,
-            ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"), run,
+CASE = Case(NAME, "SGLANG", SINGLE, 10, MODELS, run,
             "HiCache storage tests with the Mooncake backend (pytest payload)")

@@ -232,9 +232,10 @@ def wait_all(servers: Sequence[Server]) -> None:
         raise errors[0]
 
 
-def offline_env(node: Node, model: str) -> dict[str, str]:
-    """HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE when the model's snapshot is in the node's HF cache."""
-    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} if model_cached(node, model) else {}
+def offline_env(node: Node, *models: str) -> dict[str, str]:
+    """HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE when every model's snapshot is in the node's HF cache."""
+    cached = all(model_cached(node, model) for model in models)
+    return {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"} if cached else {}
 
 
 def model_cached(node: Node, model: str) -> bool:

@@ -1,0 +1,1 @@
+"""SIMULATOR -- not SGLang. Package marker for the imitated `sglang.test.server_fixtures`."""
