@@ -79,7 +79,7 @@ def answer_text(prompt: str) -> str:
 
 
 def text_of_content(content: Any) -> str:
-    """The text of an OpenAI message `content`: a string, or a list of parts (text, image_url...)."""
+    """The text of an OpenAI message `content`: a string, or a list of parts (text, image...)."""
     if content is None:
         return ""
     if isinstance(content, str):
@@ -95,8 +95,9 @@ def has_image(messages: Any) -> bool:
     """True when any message carries an image part (what an encoder would be asked to encode)."""
     for message in messages if isinstance(messages, list) else []:
         content = message.get("content") if isinstance(message, Mapping) else None
+        image_types = ("image_url", "image")
         if isinstance(content, list) and any(
-                isinstance(p, Mapping) and p.get("type") in ("image_url", "image") for p in content):
+                isinstance(p, Mapping) and p.get("type") in image_types for p in content):
             return True
     return False
 

@@ -95,7 +95,7 @@ def generate(body: Mapping[str, Any], answer: Answer) -> dict[str, Any] | list[d
     if len(samplings) != len(prompts) or len(rids) != len(prompts):
         raise ApiError(400, "sampling_params/rid lists must match the text list in length")
     return [_one_generation(p, s if isinstance(s, Mapping) else {}, answer, r)
-            for p, s, r in zip(prompts, samplings, rids)]
+            for p, s, r in zip(prompts, samplings, rids, strict=False)]
 
 
 # --- OpenAI /v1/chat/completions and /v1/completions --------------------------------------

@@ -81,7 +81,7 @@ class Engine:
                                "(sglang_router --pd-disaggregation)", "InternalServerError")
         host_list = hosts if isinstance(hosts, list) else [hosts]
         port_list = ports if isinstance(ports, list) else [ports] * len(host_list)
-        for host, port in sorted(set(zip(map(str, host_list), port_list)), key=str):
+        for host, port in sorted(set(zip(map(str, host_list), port_list, strict=False)), key=str):
             try:
                 port_number = DEFAULT_BOOTSTRAP_PORT if port is None else int(port)
             except (TypeError, ValueError):
