@@ -40,6 +40,8 @@ signal.signal(signal.SIGTERM, _forward_sigterm)
 
 
 def _install(session: nox.Session, *extras: str) -> None:
+    if session.venv_backend == "none":  # `nox --no-venv`: the harness is already installed
+        return
     spec = f".[{','.join(extras)}]" if extras else "."
     session.install("-e", spec)
 

@@ -6,6 +6,7 @@ settings` lists them) and call the same functions as a run. `invoke --list` show
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +30,10 @@ def _harness_task(body):
             return body(c, Settings.from_env(), *args, **kwargs)
         except HarnessError as exc:
             raise Exit(f"error: {exc.details()}", code=1) from None
+    # invoke builds the task's options from its signature: hide the injected `settings`.
+    signature = inspect.signature(body)
+    wrapper.__signature__ = signature.replace(
+        parameters=[p for name, p in signature.parameters.items() if name != "settings"])
     return wrapper
 
 

@@ -104,3 +104,20 @@ def test_faults_only_touch_the_named_component(node):
         wait_all([server])
     finally:
         server.stop(5)
+
+
+def test_port_already_taken_is_reported_with_the_servers_own_words(node):
+    server = sim_server(node, "prefill", ready_s=240)
+    with socket.socket() as taken:
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        taken.bind(("127.0.0.1", server.port))
+        taken.listen()
+        started = time.monotonic()
+        try:
+            with pytest.raises(ServerExited) as err:
+                start_all([server])
+        finally:
+            server.stop(5)
+    assert time.monotonic() - started < 10
+    assert f"127.0.0.1:{server.port}" in err.value.log_tail
+    assert "prefill" in str(err.value)

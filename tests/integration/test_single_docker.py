@@ -133,3 +133,23 @@ def _read(path) -> str:
         return path.read_text()
     except FileNotFoundError:
         return ""
+
+
+def test_sigterm_to_nox_reaches_the_harness(project, container_name, test_image, docker_client):
+    """What tone-cli does: SIGTERM to the nox process. The harness must still clean up."""
+    env = harness_env(container_name, test_image, HARNESS_SIM_STARTUP_S="120")
+    nox = subprocess.Popen([sys.executable, "-m", "nox", "--no-venv", "-s", "single", "--",
+                            "test_moe_mooncake"], cwd=project, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = project / "run/logs/test_moe_mooncake/test_moe_mooncake.log"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "launch_server" not in _read(log):
+        time.sleep(0.2)
+    assert "launch_server" in _read(log), "the payload never started its server"
+    assert docker_client.containers.list(filters={"name": f"^{container_name}$"})
+    nox.send_signal(signal.SIGTERM)
+    out, _ = nox.communicate(timeout=90)
+    assert nox.returncode != 0, out[-3000:]
+    assert result(project, "test_moe_mooncake") == "Fail"
+    assert "interrupted" in summary(project, "test_moe_mooncake")["reason"]
+    assert not containers_named(docker_client, container_name), out[-3000:]
