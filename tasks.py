@@ -52,6 +52,16 @@ def prepare(c, settings, group="SGLANG"):
     runner.prepare_standalone(settings, _group(group))
 
 
+@task(name="prepare-remote", help=GROUP_HELP)
+@_harness_task
+def prepare_remote(c, settings, group="SGLANG"):
+    """Push the project to REMOTE_IP (REMOTE_TEST_DIR) and prepare that host the same way."""
+    from harness import runner
+    if not settings.remote_ip:
+        raise Exit("error: set REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...) first", code=2)
+    runner.prepare_standalone(settings, _group(group), remote=True)
+
+
 @task(name="get-wheel")
 @_harness_task
 def get_wheel(c, settings):

@@ -14,7 +14,7 @@ import pkgutil
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Sequence
 
 from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
@@ -126,10 +126,54 @@ class CaseContext:
         env = {"HARNESS_SIM": "true",
                "HARNESS_SIM_STARTUP_S": str(self.settings.sim_startup_s),
                "HARNESS_SIM_FAULTS": self.settings.sim_faults,
-               "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version}
+               "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version,
+               # the real sglang-router loads the tokenizer from the model_path workers report
+               "HARNESS_SIM_MODEL_DIR": "auto"}
         if component:
             env["HARNESS_SIM_COMPONENT"] = component
         return env
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for n in (self.local, self.remote) if n is not None]
+
+    def model_logs(self, node: Node, model: str) -> PurePosixPath:
+        """The model's log directory as `node` sees it."""
+        return node.layout.model_logs(self.case.name, model)
+
+    @property
+    def local_project(self) -> Path:
+        """The project tree on this machine (assets the harness itself sends live there)."""
+        return Path(str(self.local.host_layout.root))
+
+    def local_file(self, model: str, name: str) -> Path:
+        """A file in the model's log directory on this machine (e.g. curl_response.log)."""
+        return Path(str(self.local.on_host(self.model_logs(self.local, model) / name)))
+
+    def each_model(self, models: Sequence[str], body: Callable[[str], None]) -> None:
+        """Run `body` per model; everything it started is stopped on both hosts before the next
+        model. Every model runs; the case fails if any did, naming the first failure."""
+        failures: list[tuple[str, HarnessError]] = []
+        for model in models:
+            outer = self._stack
+            try:
+                with ExitStack() as stack:
+                    self._stack = stack
+                    for node in self.nodes:
+                        node.host.mkdir(node.on_host(self.model_logs(node, model)))
+                    body(model)
+                self.result.models[model] = "Pass"
+            except HarnessError as exc:
+                self.result.models[model] = f"Fail: {exc}"
+                log.error("%s: %s failed: %s", self.case.name, model, exc.details())
+                failures.append((model, exc))
+            finally:
+                self._stack = outer
+        if failures:
+            model, first = failures[0]
+            more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
+            first.message = f"{model}: {first.message}{more}"
+            raise first
 
     # --- processes ----------------------------------------------------------------------------
     def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,

@@ -27,8 +27,9 @@ EXIT_BAD_INPUT = 2
 # The demo's cluster: two nodes on this machine, simulated engines, no Docker, SSH or GPU.
 # Everything it relies on is set here; the simulator's knobs (HARNESS_SIM_FAULTS, ...) pass.
 DEMO_SETTINGS = {
-    "HARNESS_SIM": "true", "HARNESS_RUNTIME": "host",
+    "HARNESS_SIM": "true", "HARNESS_RUNTIME": "host", "HARNESS_REMOTE": "local",
     "LOCAL_IP": "127.0.0.1", "REMOTE_IP": "127.0.0.2",
+    "REMOTE_TEST_DIR": "/tmp/mooncake_ci_demo/remote",
     "CONTAINER_NAME": "mooncake-ci-demo", "REMOTE_CONTAINER_NAME": "mooncake-ci-demo",
     "ARTIFACT_ID": "", "GIT_REPO": "", "MOONCAKE_WHEEL": "", "INSTALL_ERDMA": "false",
     "USE_MODELSCOPE": "false",

@@ -7,11 +7,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 from harness.errors import CommandFailed
+from harness.sync_tree import build_tarball, check_wipeable
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,43 @@ class LocalHost:
         """Make `path` an existing, empty directory."""
         self.remove(path)
         self.mkdir(path)
+
+    def put(self, local: object, remote: object) -> None:
+        """Copy one file (its parent dir is created); `remote` is a path on this machine."""
+        target = Path(str(remote))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(str(local), target)
+
+    def get_tree(self, remote_dir: object, local_dir: object) -> list[Path]:
+        """Copy a tree's regular files into local_dir (merged); a missing tree copies nothing."""
+        source, dest = Path(str(remote_dir)), Path(str(local_dir))
+        copied = []
+        if source.resolve() == dest.resolve() or not source.is_dir():
+            return copied
+        for path in sorted(source.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                target = dest / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, target)
+                copied.append(target)
+        return copied
+
+    def sync_project(self, local_root: object, remote_dir: object,
+                     extra_files: Mapping[str, str | bytes] | None = None) -> list[str]:
+        """Make remote_dir a copy of the project tree, exactly as the SSH host does (the demo's
+        second node lives on this machine): wiped first, the same files left out."""
+        target = Path(check_wipeable(str(remote_dir)))
+        with tempfile.TemporaryDirectory(prefix="harness-sync-") as tmp:
+            tarball = Path(tmp) / "project.tar"
+            members = build_tarball(Path(str(local_root)), tarball, extra_files)
+            self.remove(target)
+            target.mkdir(parents=True)
+            with tarfile.open(tarball) as tar:
+                try:
+                    tar.extractall(target, filter="data")
+                except TypeError:  # Pythons before the extraction filters (3.10.11 and older)
+                    tar.extractall(target)
+        return members
 
     def close(self) -> None:
         """Nothing to release locally; here for the same interface as the SSH host."""

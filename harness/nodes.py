@@ -26,14 +26,9 @@ from harness.layout import Layout
 # `kill -0` still succeeds for a group of zombies, so read the states from /proc instead.
 _GROUP_ALIVE = r"""
 group_alive() {
-  local f line rest
-  for f in /proc/[0-9]*/stat; do
-    read -r line < "$f" 2>/dev/null || continue
-    rest=${line##*) }
-    set -- $rest
-    if [ "$3" = "$pg" ] && [ "$1" != Z ] && [ "$1" != X ]; then return 0; fi
-  done
-  return 1
+  # "pgrp state" of every process (the comm field may hold spaces: cut after its last ')').
+  sed -n 's/^.*) \([^ ]*\) [^ ]* \([^ ]*\) .*$/\2 \1/p' /proc/[0-9]*/stat 2>/dev/null \
+    | grep -q "^$pg [^ZX]"
 }
 """
 

@@ -105,7 +105,7 @@ def summary_table(results: list[CaseResult]) -> str:
     rows = [("case", "status", "duration", "reason")]
     for r in results:
         reason = r.reason.splitlines()[0] if r.reason else ""
-        rows.append((r.case, r.status.value, f"{r.duration_s:.1f}s", reason[:100]))
+        rows.append((r.case, r.status.value, f"{r.duration_s:.1f}s", reason[:160]))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = []
     for row in rows:

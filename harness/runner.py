@@ -12,12 +12,12 @@ import traceback
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 from harness import cases as case_registry
-from harness import prep
+from harness import environment
 from harness.cases import Case, CaseContext
+from harness.environment import Environment
 from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
 from harness.layout import Layout
@@ -25,7 +25,6 @@ from harness.nodes import HostNode, Node
 from harness.results import CaseResult, Status, summary_table, write_case_result, write_run_summary
 from harness.servers import CANCEL
 from harness.settings import PROJECT_ROOT, Runtime, Settings
-from harness.wheel import fetch_wheel, find_wheel
 
 log = logging.getLogger(__name__)
 
@@ -38,16 +37,14 @@ class Run:
     settings: Settings
     cases: list[Case]
     label: str
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     layout: Layout = field(default_factory=lambda: Layout.at(PROJECT_ROOT))
     results: dict[str, CaseResult] = field(default_factory=dict)
-    prep_s: dict[str, float] = field(default_factory=dict)
-    local: Node | None = None
-    remote: Node | None = None
+    env: Environment = field(init=False)
     interrupted: bool = False
 
     def __post_init__(self) -> None:
         self.results = {c.name: CaseResult(c.name) for c in self.cases}
+        self.env = Environment(self.settings, self.layout, uuid.uuid4().hex[:12])
 
     @property
     def needs_remote(self) -> bool:
@@ -57,9 +54,7 @@ class Run:
 def run_cases(settings: Settings, cases: Sequence[Case], label: str,
               layout: Layout | None = None) -> int:
     """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
-    run = Run(settings, list(cases), label)
-    if layout is not None:
-        run.layout = layout
+    run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT))
     started = time.monotonic()
     previous = _install_signal_handlers()
     try:
@@ -95,102 +90,17 @@ def _check_inputs(run: Run) -> None:
         raise SettingsError(f"LOCAL_IP and REMOTE_IP must be set for double cases ({doubles})")
 
 
-def _prepare(run: Run, stack: ExitStack, group: str) -> None:
-    """Per-host preparation, once per group (SPEC §5); a failure fails every case left."""
-    s = run.settings
-    if run.local is None:
-        run.local = _local_node(s, run)
-        stack.callback(run.local.close)
-    if run.needs_remote:
-        raise HarnessError("double cases need the remote host, which this version cannot "
-                           "drive yet", step="prepare", host="remote")
-    _prepare_host(run, run.local, stack, group=group)
-
-
-def _prepare_host(run: Run, node: Node, stack: ExitStack, group: str) -> None:
-    s = run.settings
-    step = _PrepStep(run, node)
-    have_same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, run.layout))
-    whl_dir = Path(run.layout.whls)
-    if not (s.mooncake_wheel or s.artifact_id) and s.harness_sim:
-        wheel = step.skip("get-wheel", "simulated run without MOONCAKE_WHEEL or ARTIFACT_ID")
-    elif have_same_wheel:
-        wheel = step.skip("get-wheel", "run/.shrc records the same ARTIFACT_ID and the wheel "
-                          "is present", value=find_wheel(whl_dir))
-    else:
-        wheel = step("get-wheel", lambda: fetch_wheel(s, whl_dir))
-    if isinstance(node, HostNode):
-        for name in ("pull-image", "start-container", "install-erdma"):
-            step.skip(name, "HARNESS_RUNTIME=host")
-    else:
-        image = s.image_for(group)
-        step("pull-image", lambda: prep.pull_image(node.client, image, s.image_pull))
-        stack.callback(node.remove)
-        step("start-container", lambda: prep.start_container(node, image, run.run_id))
-        if s.install_erdma:
-            step("install-erdma", lambda: prep.install_erdma(node, s))
-        else:
-            step.skip("install-erdma", "INSTALL_ERDMA=false")
-    if wheel is None and isinstance(node, HostNode):
-        step.skip("pip-install", "no wheel to install")
-    else:
-        step("pip-install", lambda: prep.install_python_packages(
-            node, s, group, wheel.name if wheel else None))
-
-
-class _PrepStep:
-    """Runs one prep step: logs it, times it, tags its errors with step and host."""
-
-    def __init__(self, run: Run, node: Node) -> None:
-        self.run = run
-        self.node = node
-
-    def __call__(self, name: str, action):
-        log.info("prep %s: %s ...", self.node.name, name)
-        start = time.monotonic()
-        try:
-            value = action()
-        except HarnessError as exc:
-            exc.at(step=name, host=self.node.name)
-            raise
-        finally:
-            self.run.prep_s[f"{self.node.name}:{name}"] = round(time.monotonic() - start, 3)
-        log.info("prep %s: %s done (%.1fs)", self.node.name, name, time.monotonic() - start)
-        return value
-
-    def skip(self, name: str, why: str, value=None):
-        log.info("prep %s: %s skipped (%s)", self.node.name, name, why)
-        self.run.prep_s[f"{self.node.name}:{name}"] = 0.0
-        return value
-
-
-def _local_node(settings: Settings, run: Run) -> Node:
-    host = LocalHost("local", settings.local_ip or "127.0.0.1")
-    if settings.harness_runtime is Runtime.HOST:
-        return HostNode(host, run.layout.root)
-    from harness.container import ContainerNode
-    return ContainerNode(settings, host, run.layout.root)
-
-
 def _run_all(run: Run, stack: ExitStack) -> None:
     """The cases in order: prepare when the group (image) changes, else reset between cases."""
+    environment.open_nodes(run.env, stack, run.needs_remote)
     prepared = None
     for case in run.cases:
         if case.group != prepared:
-            _prepare(run, stack, case.group)
+            environment.prepare(run.env, stack, case.group)
             prepared = case.group
         else:
-            _reset_hosts(run)
+            environment.reset(run.env)
         _run_case(run, case)
-
-
-def _reset_hosts(run: Run) -> None:
-    for node in filter(None, (run.local, run.remote)):
-        try:
-            node.reset(run.settings.timeout_stop_s)
-        except HarnessError as exc:
-            raise HarnessError(f"environment unhealthy: reset failed ({exc})",
-                               step="reset", host=node.name, log_tail=exc.log_tail) from exc
 
 
 def _run_case(run: Run, case: Case) -> None:
@@ -200,10 +110,13 @@ def _run_case(run: Run, case: Case) -> None:
     log.info("=== %s (%s, %s) ===", case.name, case.group, case.kind)
     try:
         with ExitStack() as stack:
-            for node in filter(None, (run.local, run.remote)):
+            for node in run.env.nodes:
                 node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
                 node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
-            ctx = CaseContext(case, run.settings, run.local, run.remote, result, stack)
+            # Runs last, after every server is stopped: remote logs join the local tree
+            # before the result is written.
+            stack.callback(_collect_logs, run, case.name)
+            ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack)
             case.run(ctx)
         result.status = Status.PASS
     except KeyboardInterrupt:
@@ -218,6 +131,13 @@ def _run_case(run: Run, case: Case) -> None:
         if result.reason or result.status is Status.PASS:
             write_case_result(run.layout, result)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
+
+
+def _collect_logs(run: Run, case: str) -> None:
+    try:
+        environment.collect_remote_logs(run.env, case)
+    except HarnessError as exc:
+        log.warning("could not copy the remote logs of %s: %s", case, exc)
 
 
 def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = False) -> None:
@@ -252,7 +172,7 @@ def _finish(run: Run, duration_s: float) -> None:
     for result in results:
         write_case_result(run.layout, result)
     write_run_summary(run.layout, results, group=run.label, pr_id=run.settings.pr_id,
-                      prep_s=run.prep_s, duration_s=duration_s)
+                      prep_s=run.env.prep_s, duration_s=duration_s)
     print("\n" + summary_table(results), flush=True)
     passed = sum(r.passed for r in results)
     print(f"\n{passed} of {len(results)} cases passed in {duration_s:.1f}s; "
@@ -290,15 +210,16 @@ def container_node(settings: Settings) -> Node:
                          PROJECT_ROOT)
 
 
-def prepare_standalone(settings: Settings, group: str) -> None:
-    """`invoke prepare`: the local preparation of a run, leaving the container running."""
+def prepare_standalone(settings: Settings, group: str, *, remote: bool = False) -> None:
+    """`invoke prepare`/`prepare-remote`: prepare as a run would, leaving the containers up."""
     run = Run(settings, [], group)
-    run.local = _local_node(settings, run)
-    with ExitStack() as stack:
-        _prepare_host(run, run.local, stack, group=group)
-        stack.pop_all()  # keep the container for the person debugging
-    for name, seconds in run.prep_s.items():
-        print(f"{name:<28} {seconds:.1f}s")
+    with ExitStack() as closing:
+        with ExitStack() as stack:
+            environment.open_nodes(run.env, closing, needs_remote=remote)
+            environment.prepare(run.env, stack, group, local_node=not remote)
+            stack.pop_all()  # keep the containers for the person debugging
+    for name, seconds in run.env.prep_s.items():
+        print(f"{name:<32} {seconds:.1f}s")
 
 
 def clean(settings: Settings, *, wheels: bool) -> None:

@@ -198,6 +198,18 @@ def app_startup_ready(address: str, port: int, ready_timeout_s: float,
             HttpOk(f"http://{address}:{port}/health", health_timeout_s)]
 
 
+ROUTER_WORKER_ACTIVATED = r"Activated 1 worker\(s\) \(marked as healthy\)"
+ROUTER_TOKENIZER = r"Successfully (loaded|registered) tokenizer"
+
+
+def router_ready(port: int, workers: int, timeout_s: float) -> list[Rule]:
+    """sglang-router: every worker activated and its tokenizer loaded, or /readiness 200."""
+    lines = LogLines(((ROUTER_WORKER_ACTIVATED, workers), (ROUTER_TOKENIZER, 1)), timeout_s,
+                     f"{workers} x 'Activated 1 worker(s) (marked as healthy)' and the "
+                     "tokenizer loaded")
+    return [AnyOf((lines, HttpOk(f"http://127.0.0.1:{port}/readiness", timeout_s)), timeout_s)]
+
+
 def start_all(servers: Sequence[Server]) -> None:
     """Start servers that do not wait on each other, then wait for all of them in parallel."""
     for server in servers:

@@ -36,6 +36,11 @@ class Runtime(str, enum.Enum):
     HOST = "host"
 
 
+class RemoteVia(str, enum.Enum):
+    SSH = "ssh"
+    LOCAL = "local"
+
+
 def _s(env: str, default: Any, help: str, *, secret: bool = False,
        aliases: tuple[str, ...] = ()) -> Any:
     """A setting: read from `env` (or the first of `aliases` that is set)."""
@@ -112,6 +117,9 @@ class Settings:
                              "where the vLLM image keeps its examples")
     harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
                                   "docker: processes run in the container; host: on each host")
+    harness_remote: RemoteVia = _s(
+        "HARNESS_REMOTE", RemoteVia.SSH,
+        "ssh: the remote host over SSH; local: a second node on this machine (the demo)")
     harness_sim: bool = _s("HARNESS_SIM", False, "true: the engines are the simulator (sim/)")
     sim_startup_s: float = _s("HARNESS_SIM_STARTUP_S", 0.5,
                               "seconds before a simulated engine is ready")
@@ -199,7 +207,8 @@ def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
 
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float, "list": list,
-          "ImagePull": ImagePull, "HostKeyPolicy": HostKeyPolicy, "Runtime": Runtime}
+          "ImagePull": ImagePull, "HostKeyPolicy": HostKeyPolicy, "Runtime": Runtime,
+          "RemoteVia": RemoteVia}
 
 
 def _format(value: Any) -> str:
@@ -222,11 +231,16 @@ def help_text() -> str:
     return "\n".join(lines)
 
 
-def write_shrc(path: Path, settings: Settings, paths: Mapping[str, str]) -> None:
-    """Write `export NAME=value` lines: every non-secret setting, then the path entries."""
+def shrc_text(settings: Settings, paths: Mapping[str, str]) -> str:
+    """`export NAME=value` lines: every non-secret setting, then the path entries."""
     items = settings.env_items() + list(paths.items())
     text = "# written by the Mooncake E2E harness; `source` it to see what a run used\n"
-    text += "".join(f"export {name}={shlex.quote(value)}\n" for name, value in items)
+    return text + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in items)
+
+
+def write_shrc(path: Path, settings: Settings, paths: Mapping[str, str]) -> None:
+    """Write run/.shrc atomically (see `shrc_text`)."""
+    text = shrc_text(settings, paths)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

@@ -16,7 +16,6 @@ import posixpath
 import shlex
 import socket
 import stat
-import tarfile
 import tempfile
 import threading
 import time
@@ -29,6 +28,8 @@ import paramiko
 from harness.errors import CommandFailed, HarnessError
 from harness.hosts import Completed
 from harness.settings import HostKeyPolicy, Settings
+from harness.ssh_keys import AcceptNewPolicy, StrictPolicy, UnknownHostKey, known_hosts_name
+from harness.sync_tree import build_tarball, check_wipeable
 
 log = logging.getLogger(__name__)
 
@@ -41,57 +42,11 @@ TIMEOUT_GRACE_S = 2.0
 REMOTE_KILL_AFTER_S = 5
 EOF_AFTER_EXIT_S = 2.0
 TIMED_OUT_CODES = (124, 137)
-
-# What `sync_project` leaves behind (names anywhere in the tree, or paths from its root).
-SYNC_EXCLUDE_NAMES = frozenset({".git", ".venv", ".nox", "__pycache__", ".pytest_cache",
-                                ".ruff_cache", ".mypy_cache"})
-SYNC_EXCLUDE_PATHS = frozenset({"run/logs", "run/pids"})
-SYNC_EXCLUDE_SUFFIXES = (".pyc",)
-
-_SFTP_ERRORS = (IOError, OSError, paramiko.SSHException, EOFError)
+_RAISE = object()
 
 
 class SSHError(HarnessError):
     """The remote host could not be reached, refused us, or the connection broke."""
-
-
-class _UnknownHostKey(paramiko.SSHException):
-    """Raised by the strict policy: the host's key is not in the known_hosts file."""
-
-
-class _StrictPolicy(paramiko.RejectPolicy):
-    def missing_host_key(self, client, hostname, key):
-        raise _UnknownHostKey(hostname)
-
-
-class _AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
-    """OpenSSH's `StrictHostKeyChecking=accept-new`: record an unknown host's key and go on."""
-
-    def __init__(self, known_hosts: Path) -> None:
-        self.known_hosts = known_hosts
-
-    def missing_host_key(self, client, hostname, key):
-        append_known_host(self.known_hosts, hostname, key)
-        client.get_host_keys().add(hostname, key.get_name(), key)
-        log.info("recorded the host key of %s (%s %s) in %s", hostname, key.get_name(),
-                 key.fingerprint if hasattr(key, "fingerprint") else "", self.known_hosts)
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """How known_hosts names a host: `addr` on port 22, `[addr]:port` elsewhere."""
-    return address if port == 22 else f"[{address}]:{port}"
-
-
-def known_hosts_line(name: str, key: paramiko.PKey) -> str:
-    return f"{name} {key.get_name()} {key.get_base64()}\n"
-
-
-def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
-    """Add one line to a known_hosts file, creating it (0600, its dir 0700) when missing."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with os.fdopen(fd, "a") as fh:
-        fh.write(known_hosts_line(name, key))
 
 
 def remote_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
@@ -106,74 +61,6 @@ def remote_command(argv: Sequence[str], *, env: Mapping[str, str] | None = None,
     if cwd:
         line = f"cd {shlex.quote(str(cwd))} && {line}"
     return line
-
-
-def sync_excluded(relative: str) -> bool:
-    """True for paths of the project tree that never go to the remote host."""
-    parts = PurePosixPath(relative).parts
-    if any(part in SYNC_EXCLUDE_NAMES for part in parts):
-        return True
-    if relative.endswith(SYNC_EXCLUDE_SUFFIXES):
-        return True
-    return any(relative == p or relative.startswith(p + "/") for p in SYNC_EXCLUDE_PATHS)
-
-
-def check_wipeable(remote_dir: str) -> str:
-    """The remote dir, normalised; refuses `/` and top-level dirs, which a wipe would wreck."""
-    path = posixpath.normpath(str(remote_dir))
-    if not path.startswith("/") or len(PurePosixPath(path).parts) < 3:
-        raise HarnessError(f"refusing to wipe {remote_dir!r} on the remote host: REMOTE_TEST_DIR "
-                           "must be an absolute path at least two levels deep "
-                           "(e.g. /tmp/Mooncake_tone/mooncake_ci_test)")
-    return path
-
-
-def build_tarball(local_root: Path, out: Path,
-                  extra_files: Mapping[str, str | bytes] | None = None) -> list[str]:
-    """Tar the project tree (without what `sync_excluded` says) plus `extra_files` into `out`."""
-    extra = {str(PurePosixPath(k)): v for k, v in (extra_files or {}).items()}
-    members: list[str] = []
-
-    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-        rel = info.name
-        if rel in ("", ".") or (not sync_excluded(rel) and rel not in extra):
-            if rel not in ("", "."):
-                members.append(rel)
-            return info
-        return None
-
-    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(os.listdir(local_root)):
-            tar.add(local_root / entry, arcname=entry, filter=keep)
-        for rel, content in sorted(extra.items()):
-            data = content.encode() if isinstance(content, str) else content
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-            _add_parent_dirs(tar, rel, members)
-            tar.addfile(info, _BytesReader(data))
-            members.append(rel)
-    return members
-
-
-def _add_parent_dirs(tar: tarfile.TarFile, rel: str, members: list[str]) -> None:
-    for parent in reversed(PurePosixPath(rel).parents):
-        name = str(parent)
-        if name != "." and name not in members:
-            info = tarfile.TarInfo(name)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
-            tar.addfile(info)
-            members.append(name)
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size is None or size < 0 else self._pos + size
-        chunk = self._data[self._pos:end]
-        self._pos += len(chunk)
-        return chunk
 
 
 class SSHHost:
@@ -239,6 +126,7 @@ class SSHHost:
                 raise self._error(f"REMOTE_SSH_KEY {self.key_file} does not exist",
                                   hint="point REMOTE_SSH_KEY at the private key, or unset it "
                                        "to use the SSH agent and ~/.ssh keys")
+            self._check_key_file()
             kwargs.update(key_filename=self.key_file, allow_agent=False, look_for_keys=False)
         self.connects += 1
         try:
@@ -248,8 +136,21 @@ class SSHHost:
             raise self._connect_error(exc) from None
         transport = client.get_transport()
         transport.set_keepalive(KEEPALIVE_S)
+        _tcp_keepalive(transport.sock)
         log.info("%s: connected to %s@%s over SSH", self.name, self.user, self.target)
         return client
+
+    def _check_key_file(self) -> None:
+        """A key that cannot be used is said so here, not as a refused login later."""
+        try:
+            paramiko.PKey.from_path(self.key_file)
+        except paramiko.PasswordRequiredException:
+            raise self._error(f"REMOTE_SSH_KEY {self.key_file} is protected by a passphrase",
+                              hint="load it into an SSH agent and unset REMOTE_SSH_KEY") \
+                from None
+        except (OSError, paramiko.SSHException, ValueError) as exc:
+            raise self._error(f"cannot use REMOTE_SSH_KEY {self.key_file} as a private key "
+                              f"({exc or type(exc).__name__})") from None
 
     def _apply_host_key_policy(self, client: paramiko.SSHClient) -> None:
         if self.policy is HostKeyPolicy.IGNORE:
@@ -264,13 +165,13 @@ class SSHHost:
         elif self.policy is HostKeyPolicy.STRICT and self.known_hosts.exists():
             raise self._error(f"SSH_KNOWN_HOSTS {self.known_hosts} is not a file")
         if self.policy is HostKeyPolicy.STRICT:
-            client.set_missing_host_key_policy(_StrictPolicy())
+            client.set_missing_host_key_policy(StrictPolicy())
         else:
-            client.set_missing_host_key_policy(_AcceptNewPolicy(self.known_hosts))
+            client.set_missing_host_key_policy(AcceptNewPolicy(self.known_hosts))
 
     def _connect_error(self, exc: BaseException) -> BaseException:
         name = known_hosts_name(self.address, self.port)
-        if isinstance(exc, _UnknownHostKey):
+        if isinstance(exc, UnknownHostKey):
             return self._error(
                 f"host key of {self.target} is not in {self.known_hosts} "
                 f"(SSH_HOST_KEY_POLICY=strict); add it with ssh-keyscan -p {self.port} "
@@ -397,51 +298,44 @@ class SSHHost:
         return False
 
     # --- files (SFTP) ------------------------------------------------------------------------
-    def _sftp_call(self, what: str, func: Callable[[paramiko.SFTPClient], object]):
-        """Run func on the one SFTP session; lost connection → SSHError."""
+    def _sftp_call(self, op: str, path: object, func: Callable[[paramiko.SFTPClient], object],
+                   missing: object = _RAISE):
+        """func on the one SFTP session. A missing file gives `missing` (default: raise
+        FileNotFoundError, as LocalHost does); any other file error or a lost connection is
+        one SSHError line."""
         transport = self._transport()
         with self._sftp_lock:
             try:
                 if self._sftp is None:
                     self._sftp = paramiko.SFTPClient.from_transport(transport)
                 return func(self._sftp)
-            except (paramiko.SSHException, EOFError, socket.error) as exc:
-                if isinstance(exc, OSError) and exc.errno is not None:
-                    raise               # a file error (ENOENT, EACCES...): the caller decides
-                self._sftp = None
-                if not transport.is_active():
-                    raise self._lost(what, exc) from None
-                raise self._error(f"SFTP {what} failed on {self.target}: {exc}") from None
-
-    def _file_error(self, op: str, path: object, exc: OSError) -> SSHError:
-        reason = exc.strerror or str(exc)
-        return self._error(f"cannot {op} {path} on {self.target}: {reason}")
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if self._sftp is None or self._sftp.sock.closed:
+                    self._sftp = None            # reopened on the next call
+                    if self._dying(transport):
+                        raise self._lost(f"{op} {path}", exc) from None
+                    raise self._error(f"SFTP session to {self.target} closed during {op} "
+                                      f"{path} ({exc})") from None
+                if isinstance(exc, FileNotFoundError):
+                    if missing is _RAISE:
+                        raise
+                    return missing
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                raise self._error(f"cannot {op} {path} on {self.target}: {reason}") from None
 
     def read_text(self, path: object) -> str:
         def read(sftp):
             with sftp.open(str(path), "rb") as fh:
                 return fh.read()
-        try:
-            data = self._sftp_call(f"read of {path}", read)
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise self._file_error("read", path, exc) from None
-        return data.decode(errors="replace")
+        return self._sftp_call("read", path, read).decode(errors="replace")
 
     def read_tail(self, path: object, max_bytes: int = 64 * 1024) -> str:
         """The end of a file (for log tails); '' when it does not exist."""
         def read(sftp):
             with sftp.open(str(path), "rb") as fh:
-                size = fh.stat().st_size
-                fh.seek(max(0, size - max_bytes))
+                fh.seek(max(0, fh.stat().st_size - max_bytes))
                 return fh.read()
-        try:
-            return self._sftp_call(f"read of {path}", read).decode(errors="replace")
-        except FileNotFoundError:
-            return ""
-        except OSError as exc:
-            raise self._file_error("read", path, exc) from None
+        return self._sftp_call("read", path, read, missing=b"").decode(errors="replace")
 
     def read_from(self, path: object, offset: int) -> tuple[str, int]:
         """Text appended to a file since `offset`, and the new offset (for following a log).
@@ -453,12 +347,7 @@ class SSHHost:
             with sftp.open(str(path), "rb") as fh:
                 fh.seek(offset)
                 return fh.read()
-        try:
-            data = self._sftp_call(f"read of {path}", read)
-        except FileNotFoundError:
-            return "", offset
-        except OSError as exc:
-            raise self._file_error("read", path, exc) from None
+        data = self._sftp_call("read", path, read, missing=b"")
         return data.decode(errors="replace"), offset + len(data)
 
     def write_text(self, path: object, text: str) -> None:
@@ -471,19 +360,11 @@ class SSHHost:
             with sftp.open(str(tmp), "wb") as fh:
                 fh.write(text.encode())
             sftp.posix_rename(str(tmp), str(target))
-        try:
-            self._sftp_call(f"write of {target}", write)
-        except OSError as exc:
-            raise self._file_error("write", target, exc) from None
+        self._sftp_call("write", target, write)
 
     def exists(self, path: object) -> bool:
-        try:
-            self._sftp_call(f"stat of {path}", lambda sftp: sftp.stat(str(path)))
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise self._file_error("stat", path, exc) from None
-        return True
+        return self._sftp_call("stat", path, lambda sftp: bool(sftp.stat(str(path))),
+                               missing=False)
 
     def mkdir(self, path: object) -> None:
         """Create a directory and its parents; there already is fine."""
@@ -503,14 +384,19 @@ class SSHHost:
                 if not stat.S_ISDIR(sftp.stat(target).st_mode):   # lost a race is fine
                     raise
         target = posixpath.normpath(str(path))
-        try:
-            self._sftp_call(f"mkdir of {target}", lambda sftp: make(sftp, target))
-        except OSError as exc:
-            raise self._file_error("create directory", target, exc) from None
+        self._sftp_call("create directory", target, lambda sftp: make(sftp, target))
 
     def remove(self, path: object) -> None:
-        """Remove a file or a whole tree; nothing there is fine."""
-        self.run(["rm", "-rf", "--", str(path)], timeout=300)
+        """Remove a file or a whole tree; nothing there is fine.
+
+        Files (PID files, logs: the common case) go by SFTP; a tree by `rm -rf` over SSH."""
+        def remove_file(sftp) -> bool:
+            if stat.S_ISDIR(sftp.lstat(str(path)).st_mode):
+                return False
+            sftp.remove(str(path))
+            return True
+        if not self._sftp_call("remove", path, remove_file, missing=True):
+            self.run(["rm", "-rf", "--", str(path)], timeout=300)
 
     def empty_dir(self, path: object) -> None:
         """Make `path` an existing, empty directory."""
@@ -521,19 +407,13 @@ class SSHHost:
         """Upload one file (its parent dir is created)."""
         target = PurePosixPath(str(remote))
         self.mkdir(target.parent)
-        try:
-            self._sftp_call(f"upload of {local}",
-                            lambda sftp: sftp.put(str(local), str(target), confirm=True))
-        except OSError as exc:
-            raise self._file_error("upload to", target, exc) from None
+        self._sftp_call("upload to", target,
+                        lambda sftp: sftp.put(str(local), str(target), confirm=True))
 
     def get(self, remote: object, local: object) -> None:
         """Download one file (its local parent dir is created)."""
         Path(str(local)).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._sftp_call(f"download of {remote}", lambda sftp: sftp.get(str(remote), str(local)))
-        except OSError as exc:
-            raise self._file_error("download", remote, exc) from None
+        self._sftp_call("download", remote, lambda sftp: sftp.get(str(remote), str(local)))
 
     def get_tree(self, remote_dir: object, local_dir: object) -> list[Path]:
         """Copy a remote tree's regular files into local_dir (merged, overwriting same names).
@@ -554,15 +434,9 @@ class SSHHost:
                     copied.append(dst)
 
         def copy(sftp) -> None:
-            try:
-                sftp.stat(str(remote_dir))
-            except FileNotFoundError:
-                return
+            sftp.stat(str(remote_dir))
             walk(sftp, str(remote_dir), local_root)
-        try:
-            self._sftp_call(f"copy of {remote_dir}", copy)
-        except OSError as exc:
-            raise self._file_error("copy", remote_dir, exc) from None
+        self._sftp_call("copy", remote_dir, copy, missing=None)
         return copied
 
     def sync_project(self, local_root: object, remote_dir: object,
@@ -585,6 +459,21 @@ class SSHHost:
                 self.run(["rm", "-f", "--", remote_tar], check=False, timeout=60)
         log.info("%s: project synced to %s (%d entries)", self.name, target, len(members))
         return members
+
+
+def _tcp_keepalive(sock) -> None:
+    """Notice a peer that vanished without a word (power loss, partition) within about a
+    minute: TCP keepalive probes, and a limit on unacknowledged data (Linux options)."""
+    options = [(socket.SOL_SOCKET, "SO_KEEPALIVE", 1), (socket.IPPROTO_TCP, "TCP_KEEPIDLE", 15),
+               (socket.IPPROTO_TCP, "TCP_KEEPINTVL", 5), (socket.IPPROTO_TCP, "TCP_KEEPCNT", 6),
+               (socket.IPPROTO_TCP, "TCP_USER_TIMEOUT", 60_000)]
+    for level, name, value in options:
+        option = getattr(socket, name, None)
+        if option is not None:
+            try:
+                sock.setsockopt(level, option, value)
+            except (OSError, AttributeError):
+                pass
 
 
 def _reach_reason(exc: BaseException) -> str:

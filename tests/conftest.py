@@ -99,3 +99,39 @@ def copy_project(dest: Path) -> Path:
 @pytest.fixture
 def project(tmp_path) -> Path:
     return copy_project(tmp_path / "project")
+
+
+# --- the "remote" host: a real sshd on 127.0.0.2 (tests/sshd.py) --------------------------------
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.2 for the whole session: host, port, user (root), client_key,
+    known_hosts (an empty file), host_key. Stopped by PID at the end."""
+    from tests.sshd import Sshd, available
+    why = available()
+    if why:
+        missing(f"no test sshd: {why}")
+    server = Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remote_settings(sshd, tmp_path):
+    """Builds Settings for reaching `sshd` from an explicit dict (never the machine's env):
+    `remote_settings(SSH_HOST_KEY_POLICY="strict", ...)`. Defaults: accept-new with a
+    known_hosts file of this test's own, REMOTE_TEST_DIR under tmp_path."""
+    from harness.settings import Settings
+
+    def build(server=None, **env: str):
+        server = server or sshd
+        values = {
+            "REMOTE_IP": server.host, "LOCAL_IP": "127.0.0.1",
+            "REMOTE_USER": server.user, "REMOTE_SSH_PORT": str(server.port),
+            "REMOTE_SSH_KEY": str(server.client_key),
+            "SSH_HOST_KEY_POLICY": "accept-new",
+            "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+            "REMOTE_TEST_DIR": str(tmp_path / "remote_test_dir"),
+        }
+        values.update({k: str(v) for k, v in env.items()})
+        return Settings.from_env(values)
+    return build

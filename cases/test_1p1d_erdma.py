@@ -1,0 +1,40 @@
+"""1 prefill + 1 decode SGLang server on two hosts, KV cache moved by Mooncake, behind a router."""
+from harness.answers import RESPONSE_LOG, post, require_json_ok
+from harness.cases import DOUBLE, Case, CaseContext
+from harness.engines import ROUTER_PORT, sglang_router, sglang_server
+from harness.servers import start_all
+
+NAME = "test_1p1d_erdma"
+MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V2-Lite")
+PORT = 30001
+REQUEST = {"text": "Let me tell you a short story ", "sampling_params": {"temperature": 0}}
+
+
+def run(ctx: CaseContext) -> None:
+    ctx.each_model(MODELS, lambda model: run_model(ctx, model))
+
+
+def run_model(ctx: CaseContext, model: str) -> None:
+    local, remote = ctx.local, ctx.remote
+    pd_args = ["--tp-size", "2", "--base-gpu-id=6"]
+    prefill = sglang_server(ctx, "prefill", local, model, PORT,
+                            ["--disaggregation-mode", "prefill", *pd_args],
+                            "sglang_server_local.log")
+    decode = sglang_server(ctx, "decode", remote, model, PORT,
+                           ["--disaggregation-mode", "decode", *pd_args],
+                           "sglang_server_remote.log")
+    with ctx.step(f"{model}: start prefill and decode"):
+        start_all([prefill, decode])
+    router = sglang_router(ctx, model, f"http://{local.address}:{PORT}",
+                           f"http://{remote.address}:{PORT}")
+    with ctx.step(f"{model}: start router"):
+        start_all([router])
+    url = f"http://127.0.0.1:{ROUTER_PORT}/generate"
+    with ctx.step(f"{model}: request"):
+        status, body = post(url, REQUEST, 30, ctx.local_file(model, RESPONSE_LOG),
+                            server="router")
+        require_json_ok(status, body, url=url, server="router")
+
+
+CASE = Case(NAME, "SGLANG", DOUBLE, 30, MODELS, run,
+            "prefill here, decode on the remote host, sglang-router in front (/generate)")

@@ -1,0 +1,250 @@
+"""The run's environment: the nodes of both hosts, their preparation, resets and log collection.
+
+Preparation (SPEC §5) runs on the two hosts at the same time. The wheel is fetched once, locally;
+the remote host syncs the project tree, pulls its image and starts its container meanwhile, and
+only its pip install waits for the wheel.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from harness import prep
+from harness.errors import HarnessError
+from harness.hosts import LocalHost
+from harness.layout import Layout
+from harness.nodes import HostNode, Node
+from harness.settings import RemoteVia, Runtime, Settings, shrc_text
+from harness.wheel import fetch_wheel, find_wheel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Environment:
+    settings: Settings
+    layout: Layout            # the local project tree
+    run_id: str
+    local: Node | None = None
+    remote: Node | None = None
+    prep_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for n in (self.local, self.remote) if n is not None]
+
+
+# --- nodes ------------------------------------------------------------------------------------
+def local_node(settings: Settings, layout: Layout) -> Node:
+    host = LocalHost("local", settings.local_ip or "127.0.0.1")
+    if settings.harness_runtime is Runtime.HOST:
+        return HostNode(host, layout.root)
+    from harness.container import ContainerNode
+    return ContainerNode(settings, host, layout.root)
+
+
+def remote_node(settings: Settings) -> Node:
+    """The remote host's node: over SSH, or (the demo) a second node on this machine."""
+    if settings.harness_remote is RemoteVia.LOCAL:
+        host = LocalHost("remote", settings.remote_ip)
+        if settings.harness_runtime is Runtime.HOST:
+            return HostNode(host, settings.remote_test_dir, name="remote")
+        from harness.container import ContainerNode
+        return ContainerNode(settings, host, settings.remote_test_dir,
+                             container_name=settings.remote_container, name="remote")
+    from harness.ssh import SSHHost
+    ssh_host = SSHHost(settings, settings.remote_ip, "remote")
+    if settings.harness_runtime is Runtime.HOST:
+        return HostNode(ssh_host, settings.remote_test_dir, name="remote")
+    from harness.remote_container import RemoteContainerNode
+    return RemoteContainerNode(settings, ssh_host, settings.remote_test_dir)
+
+
+def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
+    """Create the nodes once per run; they are closed when the run ends."""
+    if env.local is None:
+        env.local = local_node(env.settings, env.layout)
+        stack.callback(env.local.close)
+    if needs_remote and env.remote is None:
+        env.remote = remote_node(env.settings)
+        stack.callback(env.remote.host.close)
+        stack.callback(env.remote.close)
+
+
+# --- preparation ------------------------------------------------------------------------------
+class _Steps:
+    """Runs one host's prep steps: logs, times, and tags errors with the step and host."""
+
+    def __init__(self, env: Environment, node: Node) -> None:
+        self.env = env
+        self.node = node
+
+    def __call__(self, name: str, action: Callable[[], object]):
+        log.info("prep %s: %s ...", self.node.name, name)
+        start = time.monotonic()
+        try:
+            value = action()
+        except HarnessError as exc:
+            exc.at(step=name, host=self.node.name)
+            raise
+        finally:
+            self.env.prep_s[f"{self.node.name}:{name}"] = round(time.monotonic() - start, 3)
+        log.info("prep %s: %s done (%.1fs)", self.node.name, name, time.monotonic() - start)
+        return value
+
+    def skip(self, name: str, why: str, value=None):
+        log.info("prep %s: %s skipped (%s)", self.node.name, name, why)
+        self.env.prep_s[f"{self.node.name}:{name}"] = 0.0
+        return value
+
+
+class _Wheel:
+    """The local wheel, handed to the remote host's pip step when it is ready."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.path: Path | None = None
+        self.failed = False
+
+    def set(self, path: Path | None, failed: bool = False) -> None:
+        self.path, self.failed = path, failed
+        self.ready.set()
+
+
+def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool = True) -> None:
+    """Prepare every node of the run for `group`, the hosts at the same time.
+
+    With local_node=False (`invoke prepare-remote`) this host only provides the wheel."""
+    wheel = _Wheel()
+    jobs = [lambda: _prepare_local(env, env.local, stack, group, wheel, local_node)]
+    if env.remote is not None:
+        jobs.append(lambda: _prepare_remote(env, env.remote, stack, group, wheel))
+    run_parallel(jobs)
+
+
+def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
+                   wheel: _Wheel, whole: bool) -> None:
+    s, step = env.settings, _Steps(env, node)
+    try:
+        same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, env.layout))
+        whl_dir = Path(env.layout.whls)
+        if not (s.mooncake_wheel or s.artifact_id) and s.harness_sim:
+            path = step.skip("get-wheel", "simulated run without MOONCAKE_WHEEL or ARTIFACT_ID")
+        elif same_wheel:
+            path = step.skip("get-wheel", "run/.shrc records the same ARTIFACT_ID and the wheel "
+                             "is present", value=find_wheel(whl_dir))
+        else:
+            path = step("get-wheel", lambda: fetch_wheel(s, whl_dir))
+    except BaseException:
+        wheel.set(None, failed=True)
+        raise
+    wheel.set(path)
+    if whole:
+        _container_steps(env, node, stack, group, step)
+        _pip_step(env, node, group, step, path)
+
+
+def _prepare_remote(env: Environment, node: Node, stack: ExitStack, group: str,
+                    wheel: _Wheel) -> None:
+    s, step = env.settings, _Steps(env, node)
+    remote = env.layout.view(node.host_layout.root)
+    shrc = shrc_text(s, remote.path_entries())
+    step("sync-project", lambda: node.host.sync_project(env.layout.root, remote.root,
+                                                        {"run/.shrc": shrc}))
+    _container_steps(env, node, stack, group, step)
+    wheel.ready.wait()
+    if wheel.failed:
+        raise HarnessError("the local wheel step failed; nothing to install here",
+                           step="pip-install", host=node.name)
+    if wheel.path is not None:
+        target = remote.whls / wheel.path.name
+        step("put-wheel", lambda: _put_wheel(node, wheel.path, target))
+    _pip_step(env, node, group, step, wheel.path)
+
+
+def _put_wheel(node: Node, local: Path, target) -> None:
+    node.host.run(["bash", "-c", 'rm -f -- "$1"/*.whl', "put-wheel", str(target.parent)])
+    node.host.put(local, target)
+
+
+def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
+                     step: _Steps) -> None:
+    s = env.settings
+    if isinstance(node, HostNode):
+        for name in ("pull-image", "start-container", "install-erdma"):
+            step.skip(name, "HARNESS_RUNTIME=host")
+        return
+    image = s.image_for(group)
+    if hasattr(node, "pull"):
+        step("pull-image", lambda: node.pull(image, s.image_pull))
+    else:
+        step("pull-image", lambda: prep.pull_image(node.client, image, s.image_pull,
+                                                   host=node.name))
+    stack.callback(node.remove)
+    step("start-container", lambda: prep.start_container(node, image, env.run_id))
+    if s.install_erdma:
+        step("install-erdma", lambda: prep.install_erdma(node, s))
+    else:
+        step.skip("install-erdma", "INSTALL_ERDMA=false")
+
+
+def _pip_step(env: Environment, node: Node, group: str, step: _Steps,
+              wheel: Path | None) -> None:
+    if wheel is None and isinstance(node, HostNode):
+        step.skip("pip-install", "no wheel to install")
+        return
+    step("pip-install", lambda: prep.install_python_packages(
+        node, env.settings, group, wheel.name if wheel else None))
+
+
+# --- between and after cases ------------------------------------------------------------------
+def reset(env: Environment) -> None:
+    """Reset every node at the same time (SPEC §8); a failure means an unhealthy host."""
+    def reset_one(node: Node) -> Callable[[], None]:
+        def job() -> None:
+            try:
+                node.reset(env.settings.timeout_stop_s)
+            except HarnessError as exc:
+                raise HarnessError(f"environment unhealthy: reset of {node.name} failed "
+                                   f"({exc.message})", step="reset", host=node.name,
+                                   log_tail=exc.log_tail) from exc
+        return job
+    run_parallel([reset_one(node) for node in env.nodes])
+
+
+def collect_remote_logs(env: Environment, case: str) -> None:
+    """Copy the remote host's logs of `case` into the local tree (before the result is written)."""
+    node = env.remote
+    if node is None:
+        return
+    source = node.on_host(node.layout.case_logs(case))
+    copied = node.host.get_tree(source, Path(env.layout.case_logs(case)))
+    log.info("%s: copied %d log file(s) of %s", node.name, len(copied), case)
+
+
+def run_parallel(jobs: list[Callable[[], None]]) -> None:
+    """Run jobs in threads, wait for all of them, then raise the first error."""
+    if len(jobs) == 1:
+        jobs[0]()
+        return
+    errors: list[BaseException] = []
+
+    def wrap(job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=wrap, args=(job,), daemon=True) for job in jobs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    if errors:
+        raise errors[0]

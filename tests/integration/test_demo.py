@@ -1,0 +1,75 @@
+"""The demo: the whole SGLANG group on two local nodes, simulated engines, the real router."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import DEMO_SETTINGS
+
+pytestmark = pytest.mark.integration
+SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_different_tp",
+                "test_1p1d_erdma", "test_epd_sglang", "test_moe_mooncake"]
+
+
+def run_group(project, tmp_path, **extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
+    env.update(DEMO_SETTINGS)
+    env.update({"REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
+                "HARNESS_SIM_FAULTS": "", "TIMEOUT_STOP_S": "5"})
+    env.update(extra)
+    # python3 on PATH must be this interpreter: the payloads and engines run with it
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    return subprocess.run([sys.executable, "-m", "harness", "group", "SGLANG"], cwd=project,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+
+
+def statuses(project):
+    out = {}
+    for case in SGLANG_CASES:
+        data = json.loads((project / f"run/logs/{case}/test_results.json").read_text())
+        out[case] = data["status"]
+    return out
+
+
+def processes_mentioning(*paths) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            text = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if any(str(p) in text for p in paths) or "sglang_router" in text:
+            found.append(text)
+    return found
+
+
+def test_demo_group_passes_with_remote_logs_collected(project, tmp_path):
+    done = run_group(project, tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert set(statuses(project).values()) == {"Pass"}
+    model_dir = project / "run/logs/test_1p1d_erdma/Qwen__Qwen3-8B"
+    for name in ("sglang_server_local.log", "sglang_server_remote.log", "load_balancer.log",
+                 "curl_response.log"):
+        assert (model_dir / name).stat().st_size > 0, name
+    assert "ready to roll" in (model_dir / "sglang_server_remote.log").read_text()
+    epd = project / "run/logs/test_epd_sglang/Qwen__Qwen2.5-VL-7B-Instruct"
+    assert "cat" in json.loads((epd / "curl_response.log").read_text())[
+        "choices"][0]["message"]["content"].lower()
+    assert "skipped" in done.stdout  # prep steps that cannot apply are shown, not dropped
+    assert "test_moe_mooncake" in done.stdout.split("case ")[-1]  # the summary table
+
+
+def test_decode_crash_fails_only_the_double_cases(project, tmp_path):
+    done = run_group(project, tmp_path, HARNESS_SIM_FAULTS="decode:crash")
+    assert done.returncode == 1, done.stdout[-4000:]
+    assert statuses(project) == {
+        "test_hicache_storage_mooncake_backend": "Pass", "test_disaggregation_different_tp": "Pass",
+        "test_1p1d_erdma": "Fail", "test_epd_sglang": "Fail", "test_moe_mooncake": "Pass"}
+    for case in ("test_1p1d_erdma", "test_epd_sglang"):
+        summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
+        assert summary["host"] == "remote" and summary["server"] == "decode"
+        assert "decode exited with status 1" in summary["reason"]
+    assert not processes_mentioning(project, tmp_path / "remote-host")
