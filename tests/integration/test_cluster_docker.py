@@ -1,0 +1,62 @@
+"""Run-all on the simulated two-host cluster: real Docker engine on both "hosts", the remote one
+reached over a real sshd on 127.0.0.2 (this machine), the real sglang-router. What CI proves.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests.integration.test_single_docker import containers_named, harness_env
+
+pytestmark = [pytest.mark.docker, pytest.mark.ssh]
+
+
+@pytest.fixture
+def cluster_env(sshd, tmp_path, test_image, docker_client):
+    tag = uuid.uuid4().hex[:8]
+    local, remote = f"mh-test-local-{tag}", f"mh-test-remote-{tag}"
+    env = harness_env(local, test_image, **{
+        "REGISTRY_ADDR_VLLM": test_image, "HARNESS_REMOTE": "ssh",
+        "LOCAL_IP": "127.0.0.1", "REMOTE_IP": sshd.host, "REMOTE_USER": sshd.user,
+        "REMOTE_SSH_PORT": str(sshd.port), "REMOTE_SSH_KEY": str(sshd.client_key),
+        "SSH_HOST_KEY_POLICY": "accept-new", "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+        "REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
+        "REMOTE_CONTAINER_NAME": remote})
+    yield env
+    for name in (local, remote):
+        for container in containers_named(docker_client, name):
+            container.remove(force=True)
+
+
+def run_group(project, env, group):
+    return subprocess.run([sys.executable, "-m", "harness", "group", group], cwd=project,
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=900)
+
+
+def statuses(project):
+    out = {}
+    for path in sorted((project / "run/logs").glob("*/test_results.json")):
+        out[path.parent.name] = json.loads(path.read_text())["status"]
+    return out
+
+
+def test_sglang_group_on_docker_over_ssh(project, cluster_env, docker_client, tmp_path):
+    done = run_group(project, cluster_env, "SGLANG")
+    assert done.returncode == 0, done.stdout[-5000:]
+    assert statuses(project) == dict.fromkeys(
+        ["test_1p1d_erdma", "test_disaggregation_different_tp", "test_epd_sglang",
+         "test_hicache_storage_mooncake_backend", "test_moe_mooncake"], "Pass")
+    remote_log = project / "run/logs/test_1p1d_erdma/Qwen__Qwen3-8B/sglang_server_remote.log"
+    assert "ready to roll" in remote_log.read_text()
+    # the remote copy got a .shrc whose paths point at the remote dir, and no token
+    shrc = (tmp_path / "remote-host/project/run/.shrc").read_text()
+    assert f"BASE_DIR={tmp_path / 'remote-host/project'}" in shrc
+    summary = json.loads((project / "run/logs/run_summary.json").read_text())
+    assert summary["prep_s"]["remote:sync-project"] > 0
+    assert summary["prep_s"]["remote:start-container"] > 0
+    for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
+        assert not containers_named(docker_client, name)
