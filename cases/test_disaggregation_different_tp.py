@@ -6,7 +6,7 @@ NAME = "test_disaggregation_different_tp"
 
 def run(ctx: CaseContext) -> None:
     node = ctx.local
-    env = {**ctx.sim_env(), "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
+    env = {**ctx.sim_env(node), "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
            "USE_MODELSCOPE": "true" if ctx.settings.use_modelscope else "false"}
     with ctx.step("run payload"):
         # run.py decides the offline policy (its first output line) and execs pytest.

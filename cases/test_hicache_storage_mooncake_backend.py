@@ -12,7 +12,7 @@ def run(ctx: CaseContext) -> None:
     hicache_tests = f"{ctx.sglang_workspace(node)}/sglang/test/registered/hicache"
     with ctx.step("check model cache"):
         offline = offline_env(node, *MODELS)
-    env = {**ctx.sim_env(), **offline, "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
+    env = {**ctx.sim_env(node), **offline, "SGLANG_WORKSPACE": ctx.sglang_workspace(node),
            "HARNESS_PAYLOAD_LOG_DIR": str(node.layout.case_logs(NAME)),
            "TIMEOUT_STOP_S": str(ctx.settings.timeout_stop_s)}
     with ctx.step("run payload"):

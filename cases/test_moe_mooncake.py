@@ -11,7 +11,7 @@ def run(ctx: CaseContext) -> None:
     workspace = ctx.sglang_workspace(node)
     with ctx.step("check model cache"):
         offline = offline_env(node, MODEL)
-    env = {**ctx.sim_env(), **offline, "SGLANG_WORKSPACE": workspace}
+    env = {**ctx.sim_env(node), **offline, "SGLANG_WORKSPACE": workspace}
     with ctx.step("run payload"):
         ctx.run_payload(["python3", "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider",
                          "test_moe_mooncake.py"],

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Sequence
 
 from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
+from harness.gpu import sim_gpu_env
 from harness.nodes import Node
 from harness.results import CaseResult
 from harness.servers import CANCEL, POLL_S, Rule, Server
@@ -119,8 +120,9 @@ class CaseContext:
             return str(node.layout.sim_workspace)
         return self.settings.vllm_workspace
 
-    def sim_env(self, component: str | None = None) -> dict[str, str]:
-        """The simulator's knobs, passed to everything the harness starts when simulating."""
+    def sim_env(self, node: Node, component: str | None = None) -> dict[str, str]:
+        """The simulator's knobs, passed to everything the harness starts on `node` when
+        simulating; `component` names a server of a double case (faults aim at it)."""
         if not self.settings.harness_sim:
             return {}
         env = {"HARNESS_SIM": "true",
@@ -128,7 +130,8 @@ class CaseContext:
                "HARNESS_SIM_FAULTS": self.settings.sim_faults,
                "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version,
                # the real sglang-router loads the tokenizer from the model_path workers report
-               "HARNESS_SIM_MODEL_DIR": "auto"}
+               "HARNESS_SIM_MODEL_DIR": "auto",
+               **sim_gpu_env(node.layout)}
         if component:
             env["HARNESS_SIM_COMPONENT"] = component
         return env

@@ -22,7 +22,7 @@ def sglang_server(ctx: CaseContext, name: str, node: Node, model: str, port: int
             "--host", address, "--port", str(port), *args]
     ready = (app_startup_ready if encoder_only else sglang_ready)(
         address, port, s.timeout_server_ready_s, s.timeout_health_s)
-    env = {**offline_env(node, model), **ctx.sim_env(name)}
+    env = {**offline_env(node, model), **ctx.sim_env(node, name)}
     return ctx.server(name, node, argv, log=ctx.model_logs(node, model) / log_name, ready=ready,
                       env=env, pythonpath=ctx.pythonpath(node))
 
@@ -37,4 +37,4 @@ def sglang_router(ctx: CaseContext, model: str, prefill_url: str, decode_url: st
         argv += ["--prometheus-host", "127.0.0.1"]
     return ctx.server("router", node, argv, log=ctx.model_logs(node, model) / "load_balancer.log",
                       ready=router_ready(ROUTER_PORT, 2, ctx.settings.timeout_router_s),
-                      env=ctx.sim_env("router"), pythonpath=ctx.pythonpath(node))
+                      env=ctx.sim_env(node, "router"), pythonpath=ctx.pythonpath(node))

@@ -18,7 +18,9 @@ from harness import prep
 from harness.errors import HarnessError
 from harness.hosts import LocalHost
 from harness.layout import Layout
+from harness.gpu import SimGpu, sim_gpu_dir
 from harness.nodes import HostNode, Node
+from harness.reset import gpu_source_for, reset_node
 from harness.settings import RemoteVia, Runtime, Settings, shrc_text
 from harness.wheel import fetch_wheel, find_wheel
 
@@ -132,6 +134,8 @@ def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
     s, step = env.settings, _Steps(env, node)
     try:
         same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, env.layout))
+        if s.harness_sim:  # memory a gpu-leak fault "leaked" in an earlier run is not ours
+            SimGpu(node.host, sim_gpu_dir(env.layout)).clear()
         whl_dir = Path(env.layout.whls)
         if not (s.mooncake_wheel or s.artifact_id) and s.harness_sim:
             path = step.skip("get-wheel", "simulated run without MOONCAKE_WHEEL or ARTIFACT_ID")
@@ -203,16 +207,16 @@ def _pip_step(env: Environment, node: Node, group: str, step: _Steps,
 
 
 # --- between and after cases ------------------------------------------------------------------
-def reset(env: Environment) -> None:
-    """Reset every node at the same time (SPEC §8); a failure means an unhealthy host."""
+def reset(env: Environment, next_case: str) -> None:
+    """Reset every node at the same time (SPEC §8): restart (or stop this run's processes),
+    wait for GPU memory, scoped kill, wait again. A failure means an unhealthy host."""
     def reset_one(node: Node) -> Callable[[], None]:
         def job() -> None:
-            try:
-                node.reset(env.settings.timeout_stop_s)
-            except HarnessError as exc:
-                raise HarnessError(f"environment unhealthy: reset of {node.name} failed "
-                                   f"({exc.message})", step="reset", host=node.name,
-                                   log_tail=exc.log_tail) from exc
+            started = time.monotonic()
+            report = reset_node(node, env.settings, gpu_source_for(node, env.settings))
+            env.prep_s[f"{node.name}:reset before {next_case}"] = round(
+                time.monotonic() - started, 3)
+            log.info("reset %s: %s", node.name, report.summary())
         return job
     run_parallel([reset_one(node) for node in env.nodes])
 

@@ -99,7 +99,7 @@ def _run_all(run: Run, stack: ExitStack) -> None:
             environment.prepare(run.env, stack, case.group)
             prepared = case.group
         else:
-            environment.reset(run.env)
+            environment.reset(run.env, case.name)
         _run_case(run, case)
 
 

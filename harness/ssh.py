@@ -380,9 +380,14 @@ class SSHHost:
                 make(sftp, parent)
             try:
                 sftp.mkdir(target)
-            except OSError:
-                if not stat.S_ISDIR(sftp.stat(target).st_mode):   # lost a race is fine
-                    raise
+            except OSError as exc:
+                try:
+                    if stat.S_ISDIR(sftp.stat(target).st_mode):   # lost a race is fine
+                        return
+                except OSError:
+                    pass
+                # no errno: not to be mistaken for a missing file by the caller
+                raise OSError(f"{exc.strerror or exc}") from None
         target = posixpath.normpath(str(path))
         self._sftp_call("create directory", target, lambda sftp: make(sftp, target))
 

@@ -17,8 +17,8 @@ from harness.errors import HarnessError
 
 # What `sync_project` leaves behind (names anywhere in the tree, or paths from its root).
 SYNC_EXCLUDE_NAMES = frozenset({".git", ".venv", ".nox", "__pycache__", ".pytest_cache",
-                                ".ruff_cache", ".mypy_cache"})
-SYNC_EXCLUDE_PATHS = frozenset({"run/logs", "run/pids"})
+                                ".ruff_cache", ".mypy_cache", ".benchmarks"})
+SYNC_EXCLUDE_PATHS = frozenset({"run/logs", "run/pids", "run/sim-gpu"})
 SYNC_EXCLUDE_SUFFIXES = (".pyc",)
 
 def sync_excluded(relative: str) -> bool:

@@ -149,6 +149,10 @@ class Sshd:
             "KbdInteractiveAuthentication no",
             "PubkeyAuthentication yes",
             "Subsystem sftp internal-sftp",
+            # bash sources ~/.bashrc for commands run by sshd only at shell level 1; SHLVL=1
+            # makes it level 2. This machine's ~/.bashrc runs `pyenv init`, whose rehash lock
+            # a dropped connection can leave behind, stalling every later login for 60 s.
+            "SetEnv SHLVL=1",
             "MaxSessions 64",
             "MaxStartups 64",
             "LogLevel INFO",

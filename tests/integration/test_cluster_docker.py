@@ -2,7 +2,6 @@
 reached over a real sshd on 127.0.0.2 (this machine), the real sglang-router. What CI proves.
 """
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -60,3 +59,38 @@ def test_sglang_group_on_docker_over_ssh(project, cluster_env, docker_client, tm
     assert summary["prep_s"]["remote:start-container"] > 0
     for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
         assert not containers_named(docker_client, name)
+
+
+def test_gpu_leak_stops_the_run_as_unhealthy(project, cluster_env, docker_client):
+    """The decode of test_1p1d_erdma leaks GPU memory: the reset after it fails, and the cases
+    after it are not run but failed, saying the environment was unhealthy."""
+    env = {**cluster_env, "HARNESS_SIM_FAULTS": "decode:gpu-leak", "TIMEOUT_GPU_DRAIN_S": "2",
+           "TIMEOUT_GPU_DRAIN_AFTER_KILL_S": "2"}
+    done = run_group(project, env, "SGLANG")
+    assert done.returncode == 1, done.stdout[-5000:]
+    assert statuses(project) == {
+        "test_hicache_storage_mooncake_backend": "Pass", "test_disaggregation_different_tp": "Pass",
+        "test_1p1d_erdma": "Pass", "test_epd_sglang": "Fail", "test_moe_mooncake": "Fail"}
+    for case in ("test_epd_sglang", "test_moe_mooncake"):
+        summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
+        assert summary["reason"].startswith("environment unhealthy"), summary["reason"]
+        assert summary["step"] == "reset" and summary["host"] == "remote"
+        assert "GPU memory still used" in summary["reason"]
+    assert not (project / "run/logs/test_epd_sglang/Qwen__Qwen2.5-VL-7B-Instruct").exists()
+    for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
+        assert not containers_named(docker_client, name)
+
+
+@pytest.mark.parametrize("version,proxy_line", [
+    ("0.17.0", "All prefiller instances are ready."),   # the image's Mooncake connector proxy
+    ("0.15.1", "disagg_proxy"),                         # the project's own proxy
+])
+def test_vllm_group_on_docker_over_ssh(project, cluster_env, version, proxy_line):
+    done = run_group(project, {**cluster_env, "HARNESS_SIM_VLLM_VERSION": version}, "VLLM")
+    assert done.returncode == 0, done.stdout[-5000:]
+    assert statuses(project) == {"test_vllm_1p1d_erdma": "Pass"}
+    model_dir = project / "run/logs/test_vllm_1p1d_erdma/deepseek-ai__DeepSeek-V2-Lite"
+    assert proxy_line in (model_dir / "proxy.log").read_text()
+    assert "Application startup complete." in (model_dir / "vllm_server_remote.log").read_text()
+    answer = json.loads((model_dir / "curl_response.log").read_text())
+    assert "paris" in answer["choices"][0]["message"]["content"].lower()

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Mapping
 from types import FrameType
 
-from harness_sim import TOKENIZER_DIR, faults
+from harness_sim import TOKENIZER_DIR, faults, gpu
 from harness_sim.console import say
 from harness_sim.engine import Engine, EngineServer
 from harness_sim.sglang_args import ServerArgs, parse_server_args
@@ -152,6 +152,7 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         encoder_wait_s = seconds_knob(environ, ENCODER_WAIT_ENV, DEFAULT_ENCODER_WAIT_S)
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
+        gpu.hold(args, active, component, environ)  # simulated GPU memory, released at exit
     except ValueError as exc:
         say(f"{TAG} error: {exc}")
         return faults.EXIT_USAGE
@@ -213,4 +214,7 @@ def _run_bound(engine: Engine, stopper: _Stopper, encoder_wait_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else argv, os.environ)
+    try:
+        return run(sys.argv[1:] if argv is None else argv, os.environ)
+    finally:
+        gpu.release()

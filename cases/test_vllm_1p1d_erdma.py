@@ -1,0 +1,123 @@
+"""vLLM prefill (remote) and decode (local) with the MooncakeConnector, behind a proxy."""
+import json
+import logging
+import re
+
+from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, require_match
+from harness.cases import DOUBLE, Case, CaseContext
+from harness.errors import HarnessError
+from harness.nodes import Node
+from harness.servers import (HttpOk, Server, app_startup_ready, log_line, offline_env,
+                             start_all)
+
+log = logging.getLogger(__name__)
+NAME = "test_vllm_1p1d_erdma"
+MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V2-Lite")
+PREFILL_PORT, DECODE_PORT, PROXY_PORT = 8010, 8020, 8000
+CONNECTOR_PROXY_SINCE = (0, 16, 0)
+# Where vLLM images have kept the Mooncake connector proxy, under $VLLM_WORKSPACE.
+CONNECTOR_PROXY_PATHS = (
+    "examples/disaggregated/mooncake_connector/mooncake_connector_proxy.py",
+    "examples/online_serving/disaggregated_serving/mooncake_connector/mooncake_connector_proxy.py",
+)
+OWN_PROXY = "payloads/vllm_proxy/disagg_proxy.py"
+
+
+def request(model: str) -> dict:
+    return {"model": model, "messages": [{"role": "user",
+                                          "content": "Where is the capital of France?"}],
+            "stream": False, "max_tokens": 200, "temperature": 0}
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """`0.17.0`, `0.16.1rc1`, `0.9.2+cu128` -> a comparable triple; anything else is an error."""
+    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
+    if not match:
+        raise HarnessError(f"cannot read the vLLM version from {text.strip()[:80]!r}")
+    return int(match[1]), int(match[2]), int(match[3] or 0)
+
+
+def vllm_version(ctx: CaseContext, node: Node) -> tuple[int, int, int]:
+    done = node.exec(["python3", "-c", "import vllm; print(vllm.__version__)"],
+                          env=ctx.sim_env(node), pythonpath=ctx.pythonpath(node), timeout=120,
+                          check=False)
+    if not done.ok:
+        raise HarnessError("cannot read the vLLM version in the container (import vllm "
+                           f"failed with status {done.exit_code})", host=node.name,
+                           log_tail=done.output[-2000:])
+    return parse_version(done.output.strip().splitlines()[-1] if done.output.strip() else "")
+
+
+def proxy_server(ctx: CaseContext, model: str, version: tuple[int, int, int]) -> Server:
+    node, s = ctx.local, ctx.settings
+    remote_url = f"http://{ctx.remote.address}:{PREFILL_PORT}"
+    local_url = f"http://{node.address}:{DECODE_PORT}"
+    route = ["--prefill", remote_url, "--decode", local_url, "--host", "0.0.0.0",
+             "--port", str(PROXY_PORT)]
+    if version >= CONNECTOR_PROXY_SINCE:
+        script = connector_proxy_path(ctx, node)
+        ready = [log_line("All prefiller instances are ready.", s.timeout_proxy_s)]
+    else:
+        script = str(node.layout.root / OWN_PROXY)
+        ready = [log_line("Application startup complete.", s.timeout_proxy_s),
+                 HttpOk(f"http://127.0.0.1:{PROXY_PORT}/health", s.timeout_proxy_s)]
+    return ctx.server("proxy", node, ["python3", "-u", script, *route],
+                      log=ctx.model_logs(node, model) / "proxy.log", ready=ready,
+                      env=ctx.sim_env(node, "proxy"), pythonpath=ctx.pythonpath(node))
+
+
+def connector_proxy_path(ctx: CaseContext, node: Node) -> str:
+    workspace = ctx.vllm_workspace(node)
+    candidates = [f"{workspace}/{path}" for path in CONNECTOR_PROXY_PATHS]
+    for path in candidates:
+        if node.exec(["test", "-f", path], check=False, timeout=30).ok:
+            return path
+    raise HarnessError("the image's mooncake_connector_proxy.py is not where vLLM keeps it: "
+                       + ", ".join(candidates), host=node.name,
+                       hint="set VLLM_WORKSPACE to the folder holding vLLM's examples/")
+
+
+def vllm_server(ctx: CaseContext, name: str, node: Node, model: str, port: int, role: str,
+                log_name: str) -> Server:
+    s = ctx.settings
+    kv_config = json.dumps({"kv_connector": "MooncakeConnector", "kv_role": role},
+                           separators=(",", ":"))
+    argv = ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", model,
+            "--host", node.address, "--port", str(port), "--tensor-parallel-size", "2",
+            "--max-model-len", "32768", "--gpu-memory-utilization", "0.85",
+            "--no-enable-prefix-caching", "--kv-transfer-config", kv_config]
+    env = {"CUDA_VISIBLE_DEVICES": "6,7", **offline_env(node, model), **ctx.sim_env(node, name)}
+    return ctx.server(name, node, argv, log=ctx.model_logs(node, model) / log_name,
+                      ready=app_startup_ready(node.address, port, s.timeout_server_ready_s,
+                                              s.timeout_health_s),
+                      env=env, pythonpath=ctx.pythonpath(node))
+
+
+def run(ctx: CaseContext) -> None:
+    with ctx.step("read vLLM version"):
+        version = vllm_version(ctx, ctx.local)
+    proxy = "the image's Mooncake connector proxy" if version >= CONNECTOR_PROXY_SINCE \
+        else "the project's own proxy"
+    log.info("%s: vLLM %s: %s", NAME, ".".join(map(str, version)), proxy)
+    ctx.each_model(MODELS, lambda model: run_model(ctx, model, version))
+
+
+def run_model(ctx: CaseContext, model: str, version: tuple[int, int, int]) -> None:
+    prefill = vllm_server(ctx, "prefill", ctx.remote, model, PREFILL_PORT, "kv_producer",
+                          "vllm_server_remote.log")
+    decode = vllm_server(ctx, "decode", ctx.local, model, DECODE_PORT, "kv_consumer",
+                         "vllm_server_local.log")
+    with ctx.step(f"{model}: start prefill and decode"):
+        start_all([prefill, decode])
+    with ctx.step(f"{model}: start proxy"):
+        start_all([proxy_server(ctx, model, version)])
+    url = f"http://127.0.0.1:{PROXY_PORT}/v1/chat/completions"
+    with ctx.step(f"{model}: request"):
+        status, body = post(url, request(model), 120, ctx.local_file(model, RESPONSE_LOG),
+                            server="proxy")
+        data = require_json_ok(status, body, url=url, server="proxy")
+        require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
+
+
+CASE = Case(NAME, "VLLM", DOUBLE, 10, MODELS, run,
+            "vLLM prefill on the remote host, decode here, Mooncake connector, proxy in front")

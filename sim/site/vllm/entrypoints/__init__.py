@@ -1,0 +1,1 @@
+"""SIMULATED `vllm.entrypoints` (the harness's simulator, not vLLM)."""

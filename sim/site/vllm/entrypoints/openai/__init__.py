@@ -1,0 +1,1 @@
+"""SIMULATED `vllm.entrypoints.openai` (the harness's simulator, not vLLM)."""
