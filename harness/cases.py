@@ -162,6 +162,7 @@ class CaseContext:
             try:
                 with ExitStack() as stack:
                     self._stack = stack
+                    stack.callback(self.stop_leftovers)  # after this model's own stops
                     for node in self.nodes:
                         node.host.mkdir(node.on_host(self.model_logs(node, model)))
                     body(model)
@@ -185,8 +186,34 @@ class CaseContext:
         """A server that is stopped when the case ends, whatever happens."""
         server = Server(name, node, list(argv), self.case.name, log, list(ready),
                         dict(env or {}), list(pythonpath), cwd)
-        self._stack.callback(server.stop, self.settings.timeout_stop_s)
+        self._stack.callback(self._stop, server)
         return server
+
+    def stop_leftovers(self) -> None:
+        """The backstop: stop every process group a PID file of this case still names, on
+        every node (a spawn whose answer was lost, a server a failed step never handed back)."""
+        for node in self.nodes:
+            try:
+                left = node.stop_all(self.case.name, self.settings.timeout_stop_s)
+            except HarnessError as exc:
+                note = (f"could not stop the processes of {self.case.name} on {node.name}: "
+                        f"{exc.message}")
+                log.error("%s", note)
+                self.result.cleanup_errors.append(note)
+                continue
+            if left:
+                log.warning("%s: stopped what %s left behind: %s", node.name, self.case.name,
+                            ", ".join(left))
+
+    def _stop(self, server: Server) -> None:
+        """Cleanup must reach every server: a stop that fails (a host gone) is recorded and
+        the others are still stopped; it never hides the case's own failure."""
+        try:
+            server.stop(self.settings.timeout_stop_s)
+        except HarnessError as exc:
+            note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
+            log.error("%s: %s", self.case.name, note)
+            self.result.cleanup_errors.append(note)
 
     def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                     pythonpath: Sequence[str] = (), cwd: object = None,

@@ -12,6 +12,7 @@ per poll.
 from __future__ import annotations
 
 import glob
+import time
 import shlex
 import signal
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ from typing import Mapping, Sequence
 from harness.errors import CommandFailed, HarnessError
 from harness.hosts import Completed, LocalHost
 from harness.layout import Layout
+
+SPAWN_PID_WAIT_S = 10.0
+TIMEOUT_ORPHAN_STOP_S = 5.0
 
 # A group is alive while one of its members is not a zombie: on hosts whose init reaps slowly
 # `kill -0` still succeeds for a group of zombies, so read the states from /proc instead.
@@ -125,16 +129,46 @@ class Node:
         self.host.mkdir(self.on_host(log.parent))
         inner = (f"{shell_script(argv, env=env, cwd=cwd, pythonpath=pythonpath)}"
                  f" >> {shlex.quote(str(log))} 2>&1 < /dev/null")
-        # The wrapper bash leads the new session (pgid == its pid) and records the exit status.
-        wrapper = f"( {inner} ); echo $? > {shlex.quote(str(exit_file))}"
-        outer = (f"setsid bash -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null & "
-                 f"echo $! > {shlex.quote(str(pid_file))}")
-        self.exec(["bash", "-c", outer], timeout=30)
-        text = self.host.read_text(self.on_host(pid_file)).strip()
-        if not text.isdigit():
-            raise HarnessError(f"spawn of {service} wrote no PID to {pid_file}",
-                               host=self.name, server=service)
-        return Spawned(self, service, int(text), log, pid_file, exit_file)
+        # The wrapper bash leads the new session (pgid == its pid). It records its own PID
+        # before anything else, so a command lost on the way (a dropped SSH connection) still
+        # leaves a PID to stop; then it records the exit status.
+        pid_q, tmp_q = shlex.quote(str(pid_file)), shlex.quote(f"{pid_file}.tmp")
+        wrapper = (f"echo $$ > {tmp_q} && mv -f {tmp_q} {pid_q}; ( {inner} ); "
+                   f"echo $? > {shlex.quote(str(exit_file))}")
+        outer = f"setsid bash -c {shlex.quote(wrapper)} > /dev/null 2>&1 < /dev/null &"
+        try:
+            self.exec(["bash", "-c", outer], timeout=30)
+        except HarnessError:
+            started = self._spawned_pid(pid_file, wait_s=3.0, quiet=True)
+            if started:  # it did start: do not leave it behind
+                self.stop(Spawned(self, service, started, log, pid_file, exit_file),
+                          TIMEOUT_ORPHAN_STOP_S)
+            raise
+        pgid = self._spawned_pid(pid_file, wait_s=SPAWN_PID_WAIT_S)
+        if not pgid:
+            raise HarnessError(f"spawn of {service} wrote no PID to {pid_file} within "
+                               f"{SPAWN_PID_WAIT_S:.0f}s", host=self.name, server=service)
+        return Spawned(self, service, pgid, log, pid_file, exit_file)
+
+    def _spawned_pid(self, pid_file: PurePosixPath, wait_s: float,
+                     quiet: bool = False) -> int | None:
+        """The PID the spawn wrapper recorded, polled for up to wait_s; None if none came.
+        `quiet`: a host that cannot be read also means None (we are already failing)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                text = self.host.read_text(self.on_host(pid_file)).strip()
+            except FileNotFoundError:
+                text = ""
+            except HarnessError:
+                if not quiet:
+                    raise
+                return None
+            if text.isdigit():
+                return int(text)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.02)
 
     def alive(self, pgid: int) -> bool:
         done = self.exec(["bash", "-c", _ALIVE_SCRIPT, "alive", str(int(pgid))],

@@ -54,6 +54,7 @@ class CaseResult:
     duration_s: float = 0.0
     steps_s: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    cleanup_errors: list[str] = field(default_factory=list)
     log_tail: str = ""
 
     @property

@@ -113,11 +113,16 @@ def _run_case(run: Run, case: Case) -> None:
             for node in run.env.nodes:
                 node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
                 node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
-            # Runs last, after every server is stopped: remote logs join the local tree
-            # before the result is written.
-            stack.callback(_collect_logs, run, case.name)
+            # Run last (LIFO), after the case's own servers are stopped: anything still
+            # recorded under run/pids/<case> on either host, then the remote logs join the
+            # local tree before the result is written.
             ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack)
+            stack.callback(_collect_logs, run, case.name)
+            stack.callback(ctx.stop_leftovers)
             case.run(ctx)
+        if result.cleanup_errors:  # it passed, but left something running somewhere
+            raise HarnessError("cleanup failed: " + "; ".join(result.cleanup_errors),
+                               step="cleanup")
         result.status = Status.PASS
     except KeyboardInterrupt:
         raise

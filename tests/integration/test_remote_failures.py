@@ -82,37 +82,84 @@ def test_changed_host_key_is_refused(project, ssh_env, sshd, tmp_path):
     assert status == "Fail" and "CHANGED" in summary["reason"] and summary["host"] == "remote"
 
 
-def engines_on(address: str) -> list[str]:
+def engines_under(*dirs) -> list[int]:
+    """PIDs of the simulated engines (and their wrappers) started from these project dirs."""
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             text = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
         except OSError:
             continue
-        if "launch_server" in text and f"--host {address}" in text:
-            found.append(text)
+        if ("launch_server" in text or "sglang_router" in text) and any(
+                str(d) in text or str(d) in environ for d in dirs):
+            found.append(int(pid))
     return found
 
 
-def test_ssh_connection_dropped_mid_case(project, ssh_env, sshd):
-    """The connection dies while the harness waits for the remote decode server: the case fails
-    naming the remote host, and the cleanup reconnects to stop what runs there."""
-    env = {**ssh_env, "HARNESS_SIM_STARTUP_S": "10"}
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "single", CASE], cwd=project,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def wait_for_engine(proc, where, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not engines_under(where) and proc.poll() is None:
+        time.sleep(0.1)
+    assert engines_under(where), "the remote decode server never started"
+
+
+def finish(proc, timeout_s=240):
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not engines_on(sshd.host):
-            time.sleep(0.2)
-        assert engines_on(sshd.host), "the remote decode server never started"
-        sshd.drop_connections()
-        out, _ = proc.communicate(timeout=240)
+        out, _ = proc.communicate(timeout=timeout_s)
     finally:
         if proc.poll() is None:  # let the harness clean up before giving up on it
             proc.terminate()
             proc.wait(60)
-    assert proc.returncode == 1, out[-4000:]
+    return out
+
+
+def test_ssh_connection_blips_mid_case(project, ssh_env, sshd):
+    """Every connection is cut, three times, while servers start and run: the harness either
+    reconnects and passes, or fails naming the remote host; nothing is left on either host."""
+    remote_dir = ssh_env["REMOTE_TEST_DIR"]
+    env = {**ssh_env, "HARNESS_SIM_STARTUP_S": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "single", CASE], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_engine(proc, remote_dir)
+    for _ in range(3):
+        sshd.drop_connections()
+        time.sleep(0.7)
+    out = finish(proc)
     status, summary = outcome(project)
-    assert status == "Fail" and summary["host"] == "remote", summary
-    assert "lost" in summary["reason"] or "closed" in summary["reason"], summary["reason"]
-    assert not engines_on(sshd.host) and not engines_on("127.0.0.1")
+    assert proc.returncode == (0 if status == "Pass" else 1), out[-4000:]
+    if status == "Fail":
+        assert summary["host"] == "remote", summary
+    assert not engines_under(project, remote_dir)
+
+
+def test_remote_host_gone_mid_case(project, ssh_env, tmp_path):
+    """The remote sshd goes away while the decode server starts: the case fails naming the
+    remote host and step; everything local is stopped; what runs over there is reported."""
+    from tests.sshd import Sshd
+    own = Sshd(tmp_path / "own-sshd").start()
+    remote_dir = ssh_env["REMOTE_TEST_DIR"]
+    env = {**ssh_env, "HARNESS_SIM_STARTUP_S": "30", "REMOTE_SSH_PORT": str(own.port),
+           "REMOTE_SSH_KEY": str(own.client_key)}
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "single", CASE], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    decode_pid = tmp_path / "remote-host/project/run/pids" / CASE / "decode.pid"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not decode_pid.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        assert decode_pid.exists(), "the remote decode server was never spawned"
+        own.stop()
+        started = time.monotonic()
+        out = finish(proc, 120)
+        assert time.monotonic() - started < 60
+        assert proc.returncode == 1, out[-4000:]
+        status, summary = outcome(project)
+        assert status == "Fail" and summary["host"] == "remote" and summary["step"]
+        assert "cannot reach" in summary["reason"] or "lost" in summary["reason"]
+        assert any("could not stop" in e and "on remote" in e for e in summary["cleanup_errors"])
+        assert not engines_under(project)
+    finally:
+        own.stop()
+        for pid in engines_under(remote_dir):  # the harness could not reach them; we can
+            os.kill(pid, 15)
