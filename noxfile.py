@@ -55,8 +55,8 @@ def _harness(session: nox.Session, *args: str) -> None:
 def lint(session: nox.Session) -> None:
     """Static checks (ruff)."""
     session.install("ruff")
-    session.run("ruff", "check", "harness", "cases", "payloads", "sim", "tests", "noxfile.py",
-                "tasks.py", *session.posargs)
+    session.run("ruff", "check", "harness", "cases", "payloads", "sim", "tests", "benchmarks",
+                "noxfile.py", "tasks.py", *session.posargs)
 
 
 @nox.session
@@ -75,6 +75,13 @@ def tests(session: nox.Session) -> None:
     find_links = ["--find-links", str(wheels)] if wheels.is_dir() else []
     session.install(*find_links, "-e", ".[test,demo]")
     session.run("pytest", "tests", "-ra", *session.posargs, **HARNESS_STOP)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Timings: both hosts prepared at once, readiness and stop latency (needs provisioning)."""
+    _install(session, "test")
+    session.run("python", "benchmarks/bench.py", *session.posargs, **HARNESS_STOP)
 
 
 @nox.session(default=False)

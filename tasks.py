@@ -101,6 +101,24 @@ def install_erdma(c, settings):
     prep.install_erdma(runner.container_node(settings), settings)
 
 
+@task
+@_harness_task
+def reset(c, settings):
+    """Reset this host as between cases (container restart, GPU drain, scoped kill).
+
+    Restart the container (HARNESS_RUNTIME=host: stop this run's processes), wait until every
+    GPU uses at most 1024 MB, kill only this container's GPU processes if needed, wait again."""
+    from harness.environment import local_node
+    from harness.layout import Layout
+    from harness.reset import gpu_source_for, reset_node
+    from harness.settings import PROJECT_ROOT
+    node = local_node(settings, Layout.at(PROJECT_ROOT))
+    try:
+        print(reset_node(node, settings, gpu_source_for(node, settings)).summary())
+    finally:
+        node.close()
+
+
 @task(help={"wheels": "also remove run/whls and run/.shrc"})
 @_harness_task
 def clean(c, settings, wheels=False):

@@ -84,7 +84,8 @@ def _metadata_answers(url: str) -> bool:
 
 
 def _master_argv(rpc_port: int, metrics_port: int) -> list:
-    executable = shutil.which("mooncake_master")
+    # HARNESS_MOONCAKE_MASTER: set by the harness's simulator only (see sim/bin/).
+    executable = os.environ.get("HARNESS_MOONCAKE_MASTER") or shutil.which("mooncake_master")
     via_wheel = "import sys; from mooncake.cli import main; sys.exit(main())"
     command = [executable] if executable else [sys.executable, "-c", via_wheel]
     return command + [f"--rpc_port={rpc_port}", f"--port={rpc_port}",

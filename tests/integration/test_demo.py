@@ -73,3 +73,27 @@ def test_decode_crash_fails_only_the_double_cases(project, tmp_path):
         assert summary["host"] == "remote" and summary["server"] == "decode"
         assert "decode exited with status 1" in summary["reason"]
     assert not processes_mentioning(project, tmp_path / "remote-host")
+
+
+@pytest.mark.docker
+def test_demo_on_a_machine_without_the_rdma_libraries(project, test_image, docker_client):
+    """A fresh Linux box has no libibverbs, so the real mooncake_master cannot start there:
+    the demo still passes, the simulator's stand-in taking the master's place (and saying so).
+    Run in a container of the test image with the RDMA libraries deleted."""
+    script = ("rm -f /usr/lib/x86_64-linux-gnu/libibverbs.so.1* "
+              "/usr/lib/x86_64-linux-gnu/libnl-route-3.so.200* && "
+              "mooncake_master --version > /dev/null 2>&1; echo real-master-exit=$? && "
+              "cd /project && python3 -m harness demo")
+    output = docker_client.containers.run(
+        test_image, ["bash", "-c", script], remove=True, network_mode="host",
+        volumes={str(project): {"bind": "/project", "mode": "rw"}},
+        environment={"HARNESS_SIM_FAULTS": ""}, stdout=True, stderr=True)
+    text = output.decode(errors="replace")
+    assert "real-master-exit=127" in text
+    assert "5 of 5 cases passed" in text, text[-4000:]
+    hicache_log = (project / "run/logs/test_hicache_storage_mooncake_backend/"
+                   "test_hicache_storage_mooncake_backend.log").read_text()
+    assert "SIMULATED mooncake_master: the real one cannot run here" in (
+        hicache_log + "".join(p.read_text() for p in
+                             (project / "run/logs/test_hicache_storage_mooncake_backend")
+                             .glob("*master*.log")))
