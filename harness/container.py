@@ -27,8 +27,8 @@ from docker.types import DeviceRequest, Ulimit
 from harness.errors import CommandFailed, DockerError, SettingsError
 from harness.hosts import Completed, LocalHost
 from harness.layout import CONTAINER_ROOT, Layout
-from harness.nodes import Node, _find_pid_files
-from harness.settings import Settings
+from harness.nodes import ContainerBase
+from harness.settings import ImagePull, Settings
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def remove_leftovers(client: docker.DockerClient, *, run_id: str | None = None,
     return removed
 
 
-class ContainerNode(Node):
+class ContainerNode(ContainerBase):
     """Processes run in the CI container on this machine; the project is at /test_run in it."""
 
     def __init__(self, settings: Settings, host: LocalHost, project_dir: object, *,
@@ -362,6 +362,16 @@ class ContainerNode(Node):
         container = self._container()
         return container is not None and container.status == "running"
 
+    def pull(self, image: str, policy: ImagePull | str) -> None:
+        from harness.prep import pull_image
+        pull_image(self.client, image, policy, host=self.name)
+
+    def container_id(self) -> str:
+        container = self._container()
+        if container is None:
+            raise DockerError(f"container {self.container_name} does not exist", host=self.name)
+        return container.id
+
     def restart(self) -> None:
         """Restart the container (kills every process in it; the writable layer survives)."""
         container = self._container()
@@ -401,15 +411,6 @@ class ContainerNode(Node):
         except docker.errors.DockerException as exc:
             raise self._error("cannot remove", exc) from None
         log.info("%s: removed container %s", self.name, self.container_name)
-
-    def reset(self, timeout_s: float) -> None:
-        """Between cases: stop this run's process groups, then restart the container."""
-        if self.running():
-            self.stop_all(None, timeout_s)
-        else:
-            for pid_path in _find_pid_files(self.host, self.on_host(self.layout.pids)):
-                self.host.remove(pid_path)
-        self.restart()
 
     def close(self) -> None:
         """Close the engine connections this node opened; idempotent."""

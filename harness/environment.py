@@ -184,11 +184,7 @@ def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
             step.skip(name, "HARNESS_RUNTIME=host")
         return
     image = s.image_for(group)
-    if hasattr(node, "pull"):
-        step("pull-image", lambda: node.pull(image, s.image_pull))
-    else:
-        step("pull-image", lambda: prep.pull_image(node.client, image, s.image_pull,
-                                                   host=node.name))
+    step("pull-image", lambda: node.pull(image, s.image_pull))
     stack.callback(node.remove)
     step("start-container", lambda: prep.start_container(node, image, env.run_id))
     if s.install_erdma:

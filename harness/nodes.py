@@ -218,6 +218,38 @@ def _find_pid_files(host: LocalHost, root: PurePosixPath) -> list[str]:
     return [line for line in found.output.splitlines() if line.strip()]
 
 
+class ContainerBase(Node):
+    """What a container node adds, on this machine (docker SDK) or a remote one (docker CLI)."""
+
+    container_name: str
+
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        raise NotImplementedError
+
+    def pull(self, image: str, policy: object) -> object:
+        """Make `image` present on the node's host as IMAGE_PULL says."""
+        raise NotImplementedError
+
+    def container_id(self) -> str:
+        """The container's full id (what /proc/<pid>/cgroup of its processes names)."""
+        raise NotImplementedError
+
+    def reset(self, timeout_s: float) -> None:
+        """Between cases: stop this run's process groups, then restart the container."""
+        if self.running():
+            self.stop_all(None, timeout_s)
+        else:
+            for pid_path in _find_pid_files(self.host, self.on_host(self.layout.pids)):
+                self.host.remove(pid_path)
+        self.restart()
+
+
 class HostNode(Node):
     """Processes run directly on the host (the demo, bare-metal users, HARNESS_RUNTIME=host)."""
 

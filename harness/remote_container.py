@@ -20,7 +20,7 @@ from harness.container import (EXEC_KILL_AFTER_S, LABEL_ROLE, LABEL_RUN_ID, LEFT
 from harness.errors import CommandFailed, DockerError
 from harness.hosts import Completed
 from harness.layout import CONTAINER_ROOT, Layout
-from harness.nodes import Node, _find_pid_files
+from harness.nodes import ContainerBase
 from harness.settings import ImagePull, Settings
 from harness.ssh import SSHHost
 
@@ -56,7 +56,7 @@ def daemon_error(output: str) -> str | None:
     return None
 
 
-class RemoteContainerNode(Node):
+class RemoteContainerNode(ContainerBase):
     """Processes run in the CI container on the remote host; the project is at /test_run."""
 
     def __init__(self, settings: Settings, host: SSHHost, project_dir: object = None, *,
@@ -123,6 +123,13 @@ class RemoteContainerNode(Node):
         return self.status() == "running"
 
     # --- images ------------------------------------------------------------------------------
+    def container_id(self) -> str:
+        done = self._docker(["inspect", "--format", "{{.Id}}", self.container_name])
+        if not done.ok or not done.output.strip():
+            raise DockerError(f"cannot inspect container {self.container_name} on "
+                              f"{self.host.address}: {one_line(done.output)}", host=self.name)
+        return done.output.strip().splitlines()[-1]
+
     def image_present(self, image: str) -> bool:
         done = self._docker(["image", "inspect", "--format", "{{.Id}}", image])
         if done.ok:
@@ -230,15 +237,6 @@ class RemoteContainerNode(Node):
             log.info("%s: removed leftover container %s", self.name, name)
             removed.append(name)
         return removed
-
-    def reset(self, timeout_s: float) -> None:
-        """Between cases: stop this run's process groups, then restart the container."""
-        if self.running():
-            self.stop_all(None, timeout_s)
-        else:
-            for pid_path in _find_pid_files(self.host, self.on_host(self.layout.pids)):
-                self.host.remove(pid_path)
-        self.restart()
 
     def close(self) -> None:
         """The SSH connection is the host's: closed with it, not here."""

@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 from harness import gpu as gpu_mod
 from harness.errors import HarnessError
 from harness.gpu import Drain, GpuMemory, GpuProcess, GpuReadError, NvidiaSmi, SimGpu
-from harness.nodes import Node, _find_pid_files
+from harness.nodes import ContainerBase, Node, _find_pid_files
 from harness.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,30 +102,6 @@ def gpu_source_for(node: Node, settings: Settings) -> GpuMemory:
     if settings.harness_sim:
         return SimGpu(node.host, gpu_mod.sim_gpu_dir(node.host_layout))
     return NvidiaSmi(node.host)
-
-
-def is_container_node(node: Node) -> bool:
-    return callable(getattr(node, "restart", None)) and hasattr(node, "container_name")
-
-
-def container_id(node: Node) -> str:
-    """The full id of the node's container (the docker SDK locally, the CLI over SSH)."""
-    own = getattr(node, "container_id", None)
-    if callable(own):
-        return str(own())
-    name = node.container_name
-    client = getattr(node, "client", None)
-    if client is not None:
-        try:
-            return client.containers.get(name).id
-        except Exception as exc:  # noqa: BLE001 - any engine error: no id, no kill
-            raise HarnessError(f"cannot inspect container {name}: {exc}") from None
-    docker = list(getattr(node, "docker", ["docker"]))
-    done = node.host.run([*docker, "inspect", "--format", "{{.Id}}", name], timeout=60,
-                         check=False)
-    if not done.ok:
-        raise HarnessError(f"cannot inspect container {name}: {done.output.strip()[:200]}")
-    return done.output.strip().splitlines()[-1] if done.output.strip() else ""
 
 
 def recorded_groups(node: Node) -> set[int]:
@@ -215,8 +191,8 @@ class KillScope:
 
 
 def kill_scope(node: Node, groups: set[int]) -> KillScope:
-    if is_container_node(node):
-        cid = container_id(node)
+    if isinstance(node, ContainerBase):
+        cid = node.container_id()
         return KillScope(f"only GPU processes whose cgroup names container "
                          f"{node.container_name} ({cid[:12]})",
                          lambda pids: gpu_mod.cgroup_processes(node.host, pids, cid))
@@ -243,7 +219,7 @@ def reset_node(node: Node, settings: Settings, gpu: GpuMemory, *,
     """Restart/stop, wait for the GPUs, kill only this node's GPU processes, wait again."""
     report = ResetReport(node.name)
     cancel = cancel if cancel is not None else _default_cancel()
-    container = is_container_node(node)
+    container = isinstance(node, ContainerBase)
     groups = set() if container else recorded_groups(node)
 
     def timed(phase: str, action):

@@ -16,7 +16,7 @@ import pytest
 from harness import gpu as g
 from harness.hosts import LocalHost
 from harness.nodes import HostNode, Node
-from harness.reset import ResetFailed, container_id, gpu_source_for, kill_scope, reset_node
+from harness.reset import ResetFailed, gpu_source_for, kill_scope, reset_node
 from harness.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -215,7 +215,7 @@ def test_container_restart_drains_the_engines_memory(container_node):
     nspids = [line for line in Path(f"/proc/{held.pid}/status").read_text().splitlines()
               if line.startswith("NSpid:")]
     assert nspids and len(nspids[0].split()) >= 3
-    cid = container_id(node)
+    cid = node.container_id()
     assert g.cgroup_processes(node.host, [held.pid], cid) == [held.pid]
 
     report = reset_node(node, node.settings, gpu)

@@ -16,6 +16,7 @@ from harness import gpu as g
 from harness.errors import CommandFailed, DockerError, HarnessError, Interrupted
 from harness.hosts import Completed, LocalHost
 from harness.layout import Layout
+from harness.nodes import ContainerBase
 from harness.reset import (ProcFacts, ResetFailed, gpu_source_for, parse_facts, reset_node,
                            run_processes)
 from harness.settings import Settings
@@ -77,7 +78,7 @@ class FakeHost:
         return self.files[str(path)]
 
 
-class FakeContainerNode:
+class FakeContainerNode(ContainerBase):
     """Enough of a container node for reset_node: restart is recorded (or fails)."""
 
     def __init__(self, host, fail: Exception | None = None) -> None:
