@@ -95,11 +95,11 @@ def _run_all(run: Run, stack: ExitStack) -> None:
     environment.open_nodes(run.env, stack, run.needs_remote)
     prepared = None
     for case in run.cases:
+        if prepared is not None:  # between two cases, also when the group (image) changes
+            environment.reset(run.env, case.name)
         if case.group != prepared:
             environment.prepare(run.env, stack, case.group)
             prepared = case.group
-        else:
-            environment.reset(run.env, case.name)
         _run_case(run, case)
 
 

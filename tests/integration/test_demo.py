@@ -13,7 +13,7 @@ SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_di
                 "test_1p1d_erdma", "test_epd_sglang", "test_moe_mooncake"]
 
 
-def run_group(project, tmp_path, **extra):
+def run_group(project, tmp_path, group="SGLANG", **extra):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
     env.update(DEMO_SETTINGS)
     env.update({"REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
@@ -21,7 +21,7 @@ def run_group(project, tmp_path, **extra):
     env.update(extra)
     # python3 on PATH must be this interpreter: the payloads and engines run with it
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    return subprocess.run([sys.executable, "-m", "harness", "group", "SGLANG"], cwd=project,
+    return subprocess.run([sys.executable, "-m", "harness", "group", group], cwd=project,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)
 
@@ -97,3 +97,14 @@ def test_demo_on_a_machine_without_the_rdma_libraries(project, test_image, docke
         hicache_log + "".join(p.read_text() for p in
                              (project / "run/logs/test_hicache_storage_mooncake_backend")
                              .glob("*master*.log")))
+
+
+def test_all_runs_sglang_then_vllm_with_resets_between(project, tmp_path):
+    done = run_group(project, tmp_path, "ALL")
+    assert done.returncode == 0, done.stdout[-4000:]
+    summary = json.loads((project / "run/logs/run_summary.json").read_text())
+    assert [c["case"] for c in summary["cases"]] == SGLANG_CASES + ["test_vllm_1p1d_erdma"]
+    assert all(c["status"] == "Pass" for c in summary["cases"])
+    resets = [k for k in summary["prep_s"] if ":reset before " in k]
+    assert len(resets) == 2 * 5  # both nodes, before each case but the first
+    assert "local:reset before test_vllm_1p1d_erdma" in resets
