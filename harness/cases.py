@@ -131,9 +131,7 @@ class CaseContext:
                "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version,
                # the real sglang-router loads the tokenizer from the model_path workers report
                "HARNESS_SIM_MODEL_DIR": "auto",
-               # the real mooncake_master where it can run, else the simulator's stand-in
-               "HARNESS_MOONCAKE_MASTER": str(node.layout.root / "sim" / "bin" /
-                                              "mooncake_master"),
+               "HARNESS_MOONCAKE_MASTER": str(node.layout.sim_mooncake_master),
                **sim_gpu_env(node.layout)}
         if component:
             env["HARNESS_SIM_COMPONENT"] = component

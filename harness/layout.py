@@ -71,6 +71,11 @@ class Layout:
         return self.root / "sim" / "site"
 
     @property
+    def sim_mooncake_master(self) -> PurePosixPath:
+        """The real mooncake_master where it can run, else the simulator's stand-in."""
+        return self.root / "sim" / "bin" / "mooncake_master"
+
+    @property
     def sim_workspace(self) -> PurePosixPath:
         """Plays the image's SGLang workspace (its test tree) when HARNESS_SIM=true."""
         return self.root / "sim" / "workspace"

@@ -65,6 +65,8 @@ def _env(python: str, pythonpath: list[Path], **extra: str) -> dict[str, str]:
         "SGLANG_WORKSPACE": str(SIM_WORKSPACE),
         "PYTHONPATH": os.pathsep.join(str(p) for p in [SIM_SITE, *pythonpath]),
         "HARNESS_SIM_STARTUP_S": "0.1",
+        # as the harness does: the real mooncake_master where it runs, else the stand-in
+        "HARNESS_MOONCAKE_MASTER": str(SIM_SITE.parent / "bin" / "mooncake_master"),
         "PYTHONUNBUFFERED": "1",
         "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
         MARKER: uuid.uuid4().hex,
