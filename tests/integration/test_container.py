@@ -6,7 +6,6 @@ Every container is named `mh-test-<random>` and labelled with a run id unique to
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -21,28 +20,13 @@ from harness.container import ContainerNode
 from harness.errors import CommandFailed, DockerError
 from harness.hosts import LocalHost
 from harness.settings import Settings
+from tests.simproc import free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
 # What this engine refuses is turned off (CONTAINER_MEMLOCK=0: leave memlock at the default).
 TEST_OFF = {"CONTAINER_PRIVILEGED": "false", "CONTAINER_MEMLOCK": "0",
             "CONTAINER_GPUS": "none", "CONTAINER_SHM_SIZE": "1g", "INSTALL_ERDMA": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 10.0, step_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    return predicate()
 
 
 def containers_named(client, name: str) -> list:

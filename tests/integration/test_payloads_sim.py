@@ -160,6 +160,14 @@ def fake_hf_snapshot(hub: Path, model: str) -> None:
     (snapshot / "config.json").write_text("{}")
 
 
+def cached_hub(tmp_path: Path) -> Path:
+    """A HuggingFace hub cache holding all three of the different_tp models."""
+    hub = tmp_path / "hub"
+    for model in (MLA, MHA, GDN):
+        fake_hf_snapshot(hub, model)
+    return hub
+
+
 def test_hicache_payload_passes(sim_python, tmp_path):
     argv, cwd, path = hicache_command(sim_python)
     rc, out = run_payload(argv, cwd, _env(sim_python, path,
@@ -217,9 +225,7 @@ def test_different_tp_payload_passes_online(sim_python, tmp_path):
 
 def test_different_tp_payload_offline_when_all_cached(sim_python, tmp_path):
     argv, cwd, path = different_tp_command(sim_python)
-    hub = tmp_path / "hub"
-    for model in (MLA, MHA, GDN):
-        fake_hf_snapshot(hub, model)
+    hub = cached_hub(tmp_path)
     rc, out = run_payload(argv + ["-k", "PrefillLargerTP"], cwd,
                           _env(sim_python, path, HF_HUB_CACHE=str(hub)))
     assert rc == 0, out[-6000:]
@@ -231,9 +237,7 @@ def test_different_tp_payload_offline_when_all_cached(sim_python, tmp_path):
 
 def test_different_tp_modelscope_is_online(sim_python, tmp_path):
     argv, cwd, path = different_tp_command(sim_python)
-    hub = tmp_path / "hub"
-    for model in (MLA, MHA, GDN):
-        fake_hf_snapshot(hub, model)
+    hub = cached_hub(tmp_path)
     rc, out = run_payload(argv + ["-k", "DecodeLargerTP"], cwd,
                           _env(sim_python, path, HF_HUB_CACHE=str(hub), USE_MODELSCOPE="true"))
     assert rc == 0, out[-6000:]

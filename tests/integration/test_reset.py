@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from harness.hosts import LocalHost
 from harness.nodes import HostNode, Node
 from harness.reset import ResetFailed, gpu_source_for, kill_scope, reset_node
 from harness.settings import Settings
+from tests.simproc import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -26,22 +26,7 @@ SHORT = {"TIMEOUT_GPU_DRAIN_S": "1", "TIMEOUT_GPU_DRAIN_AFTER_KILL_S": "1",
          "TIMEOUT_STOP_S": "5"}
 TEST_OFF = {"CONTAINER_GPUS": "none", "CONTAINER_PRIVILEGED": "false", "CONTAINER_MEMLOCK": "0",
             "CONTAINER_SHM_SIZE": "1g", "INSTALL_ERDMA": "false"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout_s: float = 20.0, step_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    return predicate()
+START_WAIT_S = 20.0  # an engine's start-up, in a container too
 
 
 def host_settings(**env: str) -> Settings:
@@ -70,7 +55,8 @@ def start_engine(node: Node, name: str, *, python: str = sys.executable, tp: int
                       log=log, env=engine_env(node, component, faults),
                       pythonpath=[str(node.layout.sim_site)])
     host_log = Path(str(node.on_host(log)))
-    ok = wait_for(lambda: host_log.exists() and READY in host_log.read_text(errors="replace"))
+    ok = wait_for(lambda: host_log.exists() and READY in host_log.read_text(errors="replace"),
+                  START_WAIT_S)
     assert ok, f"{name} not ready:\n{proc.log_tail()}"
     return proc
 
@@ -104,7 +90,7 @@ class Foreign:
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.gpu_dir = Path(str(gpu_dir))
         assert wait_for(lambda: any(f"-{self.proc.pid}-" in p.name
-                                    for p in self.gpu_dir.glob("*.json")))
+                                    for p in self.gpu_dir.glob("*.json")), START_WAIT_S)
 
     def stop(self) -> None:
         self.proc.kill()

@@ -10,15 +10,10 @@ from harness.errors import NotReady, ServerExited
 from harness.hosts import LocalHost
 from harness.nodes import HostNode, local_group_alive
 from harness.servers import Server, http_session, sglang_ready, start_all, wait_all
+from tests.simproc import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -39,6 +34,17 @@ def sim_server(node, name, *, faults="", component=None, ready_s=20.0, startup_s
                     [str(ROOT / "sim" / "site")])
     server.port = port
     return server
+
+
+def start_failing(servers, error, match=None) -> pytest.ExceptionInfo:
+    """start_all, which must raise `error`; every server is stopped afterwards either way."""
+    try:
+        with pytest.raises(error, match=match) as err:
+            start_all(servers)
+    finally:
+        for server in servers:
+            server.stop(5)
+    return err
 
 
 def test_ready_then_serves_then_stops(node):
@@ -63,11 +69,7 @@ def test_ready_then_serves_then_stops(node):
 def test_crash_during_startup_is_reported_at_once_with_log_tail(node):
     server = sim_server(node, "decode", faults="decode:crash", component="decode", ready_s=240)
     started = time.monotonic()
-    try:
-        with pytest.raises(ServerExited) as err:
-            start_all([server])
-    finally:
-        server.stop(5)
+    err = start_failing([server], ServerExited)
     assert time.monotonic() - started < 10
     assert "decode" in str(err.value) and "exited with status 1" in str(err.value)
     assert err.value.log_tail  # the last lines of its log are shown
@@ -75,11 +77,7 @@ def test_crash_during_startup_is_reported_at_once_with_log_tail(node):
 
 def test_hang_times_out_naming_what_was_awaited(node):
     server = sim_server(node, "prefill", faults="prefill:hang", component="prefill", ready_s=1.5)
-    try:
-        with pytest.raises(NotReady) as err:
-            start_all([server])
-    finally:
-        server.stop(5)
+    err = start_failing([server], NotReady)
     assert "fired up and ready to roll" in str(err.value)
     assert err.value.server == "prefill" and err.value.host == "local"
 
@@ -88,12 +86,7 @@ def test_parallel_wait_fails_on_the_first_dead_server(node):
     good = sim_server(node, "prefill", startup_s=30)
     bad = sim_server(node, "decode", faults="decode:crash", component="decode")
     started = time.monotonic()
-    try:
-        with pytest.raises(ServerExited, match="decode"):
-            start_all([good, bad])
-    finally:
-        for server in (good, bad):
-            server.stop(5)
+    start_failing([good, bad], ServerExited, match="decode")
     assert time.monotonic() - started < 10
 
 
@@ -113,11 +106,7 @@ def test_port_already_taken_is_reported_with_the_servers_own_words(node):
         taken.bind(("127.0.0.1", server.port))
         taken.listen()
         started = time.monotonic()
-        try:
-            with pytest.raises(ServerExited) as err:
-                start_all([server])
-        finally:
-            server.stop(5)
+        err = start_failing([server], ServerExited)
     assert time.monotonic() - started < 10
     assert f"127.0.0.1:{server.port}" in err.value.log_tail
     assert "prefill" in str(err.value)

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.simproc import ROOT, SIM_SITE, LoggedProcess, clean_env, free_port, killed_afterwards
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SIM_SITE = ROOT / "sim" / "site"
 READY = "The server is fired up and ready to roll!"
 STARTUP_COMPLETE = "Application startup complete."
 HOST = "127.0.0.1"
@@ -32,74 +31,28 @@ HTTP = requests.Session()
 HTTP.trust_env = False
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-class Sim:
+class Sim(LoggedProcess):
     """One simulated server process and its log."""
 
+    exited = "server exited"
+
     def __init__(self, log: Path, args: list[str], env: dict[str, str]) -> None:
-        self.log = log
         self.port = int(args[args.index("--port") + 1]) if "--port" in args else 30000
         self.url = f"http://{HOST}:{self.port}"
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith("HARNESS_SIM") and k != "PYTHONPATH"}
+        full_env = clean_env("HARNESS_SIM")
         full_env.update({"PYTHONPATH": str(SIM_SITE), "HARNESS_SIM_STARTUP_S": "0.1",
                          "PYTHONUNBUFFERED": "1", **env})
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sglang.launch_server", *args], cwd=str(ROOT),
-                env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, line: str, timeout: float = 10.0) -> None:
-        """Wait for `line` in the log; fail at once if the process exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if line in self.text():
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(f"server exited {self.proc.returncode} before {line!r}:\n{self.text()}")
-            time.sleep(0.02)
-        pytest.fail(f"no {line!r} within {timeout}s:\n{self.text()}")
-
-    def wait_exit(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def terminate(self) -> float:
-        """SIGTERM the process group; returns how long the exit took."""
-        started = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(5)
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
+        super().__init__(log, [sys.executable, "-m", "sglang.launch_server", *args], full_env,
+                         ROOT)
 
 
 @pytest.fixture()
 def start(tmp_path: Path) -> Iterator:
-    started: list[Sim] = []
+    with killed_afterwards() as keep:
+        def _start(name: str, args: list[str], **env: str) -> Sim:
+            return keep(Sim(tmp_path / f"{name}.log", args, env))
 
-    def _start(name: str, args: list[str], **env: str) -> Sim:
-        sim = Sim(tmp_path / f"{name}.log", args, env)
-        started.append(sim)
-        return sim
-
-    yield _start
-    for sim in started:
-        sim.kill()
+        yield _start
 
 
 def post(url: str, body: object, timeout: float = 10.0) -> requests.Response:

@@ -6,11 +6,8 @@ ready line (bounded), always stopped by its PID (process group) afterwards.
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -19,10 +16,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.simproc import ROOT, SIM_SITE, LoggedProcess, clean_env, free_port, killed_afterwards
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-SIM_SITE = ROOT / "sim" / "site"
 SIM_PROXY = (ROOT / "sim" / "workspace" / "examples" / "online_serving" /
              "disaggregated_serving" / "mooncake_connector" / "mooncake_connector_proxy.py")
 OWN_PROXY = ROOT / "payloads" / "vllm_proxy" / "disagg_proxy.py"
@@ -42,59 +39,16 @@ HTTP = requests.Session()
 HTTP.trust_env = False  # loopback only: never an http_proxy from the environment
 
 
-def free_port(host: str = LOCAL) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class Proc:
+class Proc(LoggedProcess):
     """One started process and its log."""
 
     def __init__(self, log: Path, argv: list[str], env: dict[str, str], sim: bool) -> None:
-        self.log = log
-        full_env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("HARNESS_SIM", "VLLM_")) and k != "PYTHONPATH"}
+        full_env = clean_env("HARNESS_SIM", "VLLM_")
         full_env.update({"HARNESS_SIM_STARTUP_S": "0.1", "PYTHONUNBUFFERED": "1"})
         if sim:
             full_env["PYTHONPATH"] = str(SIM_SITE)
         full_env.update(env)
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, *argv], cwd=str(log.parent),
-                                         env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, line: str, timeout: float = 10.0) -> None:
-        """Wait for `line` in the log; fail at once if the process exits first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if line in self.text():
-                return
-            if self.proc.poll() is not None:
-                pytest.fail(f"exited {self.proc.returncode} before {line!r}:\n{self.text()}")
-            time.sleep(0.02)
-        pytest.fail(f"no {line!r} within {timeout}s:\n{self.text()}")
-
-    def wait_exit(self, timeout: float = 10.0) -> int:
-        return self.proc.wait(timeout)
-
-    def terminate(self) -> float:
-        """SIGTERM the process group; returns how long the exit took."""
-        started = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        self.proc.wait(5)
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait(5)
+        super().__init__(log, [sys.executable, *argv], full_env, log.parent)
 
 
 class Pair:
@@ -117,16 +71,11 @@ Start = Callable[..., Proc]
 
 @pytest.fixture()
 def start(tmp_path: Path) -> Iterator[Start]:
-    started: list[Proc] = []
+    with killed_afterwards() as keep:
+        def _start(name: str, argv: list[str], sim: bool = True, **env: str) -> Proc:
+            return keep(Proc(tmp_path / f"{name}.log", argv, env, sim))
 
-    def _start(name: str, argv: list[str], sim: bool = True, **env: str) -> Proc:
-        proc = Proc(tmp_path / f"{name}.log", argv, env, sim)
-        started.append(proc)
-        return proc
-
-    yield _start
-    for proc in started:
-        proc.kill()
+        yield _start
 
 
 def server_argv(role_config: str | None, host: str, port: int) -> list[str]:

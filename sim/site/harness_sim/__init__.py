@@ -12,6 +12,7 @@ Modules:
   engine      -- the HTTP server of a simulated engine
   sglang_args -- the launch_server arguments understood
   sglang_main -- `python3 -m sglang.launch_server` start-up sequence, faults, signals
+  serving     -- what every simulated server shares: stop signals, start-up faults, serving
   console     -- flushed log lines on stdout
 """
 from __future__ import annotations

@@ -232,6 +232,13 @@ class EngineHandler(BaseHTTPRequestHandler):
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
+    def _send_chat(self, body: Mapping[str, Any], result: dict[str, Any]) -> None:
+        """A chat completion, as stream chunks when the request asked for a stream."""
+        if body.get("stream"):
+            self._send_stream(api.chat_stream_chunks(result))
+        else:
+            self._send_json(200, result)
+
     # --- routes ---
 
     def route_health(self, _raw: bytes) -> None:
@@ -277,10 +284,7 @@ class EngineHandler(BaseHTTPRequestHandler):
         body = self._json_object(raw)
         self.engine.check_generation(body, image=has_image(body.get("messages")))
         result = api.chat_completion(body, self.engine.answer, self.engine.served_model)
-        if body.get("stream"):
-            self._send_stream(api.chat_stream_chunks(result))
-        else:
-            self._send_json(200, result)
+        self._send_chat(body, result)
 
     def route_completions(self, raw: bytes) -> None:
         body = self._json_object(raw)
@@ -312,9 +316,11 @@ class EngineHandler(BaseHTTPRequestHandler):
 class EngineServer(QuietHTTPServer):
     """The engine's HTTP listener; handlers reach the Engine through `server.engine`."""
 
+    handler_class: type[EngineHandler] = EngineHandler
+
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        super().__init__(engine.args.host, engine.args.port, EngineHandler)
+        super().__init__(engine.args.host, engine.args.port, self.handler_class)
 
     @property
     def url(self) -> str:

@@ -21,7 +21,6 @@ A `wrong-answer` producer hands over "bad KV": the decode that loads it answers 
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 import urllib.parse
@@ -35,9 +34,9 @@ from typing import Any
 from harness_sim import api
 from harness_sim.answers import WRONG, answer_text, count_tokens, prompt_from_messages
 from harness_sim.console import say
-from harness_sim.engine import EngineHandler
+from harness_sim.engine import EngineHandler, EngineServer
 from harness_sim.vllm_args import VllmArgs
-from harness_sim.wiring import PROBE_TIMEOUT_S, QuietHTTPServer, get_json, http_url
+from harness_sim.wiring import PROBE_TIMEOUT_S, QuietHTTPServer, get_json, http_url, send_json
 
 DEFAULT_BOOTSTRAP_PORT = 8998     # vLLM's VLLM_MOONCAKE_BOOTSTRAP_PORT default
 BOOTSTRAP_ROLE = "kv_producer-bootstrap"
@@ -268,19 +267,10 @@ class _BootstrapHandler(BaseHTTPRequestHandler):
                 status, body = 404, api.error_body(404, "unknown transfer", "NotFoundError")
         else:
             status, body = 404, api.error_body(404, f"Not Found: {path}", "NotFoundError")
-        data = api_json(body)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, format: str, *args: Any) -> None:
         say(f"INFO:     [mooncake-bootstrap] {self.client_address[0]} - {format % args}")
-
-
-def api_json(body: Any) -> bytes:
-    return json.dumps(body).encode()
 
 
 class BootstrapServer(QuietHTTPServer):
@@ -328,10 +318,7 @@ class VllmHandler(EngineHandler):
         answer, kv_params = self.vllm.prepare(body, prompt_from_messages(body.get("messages")))
         result = api.chat_completion(body, answer, self.vllm.served_model)
         result["kv_transfer_params"] = kv_params
-        if body.get("stream"):
-            self._send_stream(api.chat_stream_chunks(result))
-        else:
-            self._send_json(200, result)
+        self._send_chat(body, result)
 
     def route_completions(self, raw: bytes) -> None:
         body = self._json_object(raw)
@@ -344,13 +331,7 @@ class VllmHandler(EngineHandler):
         self._send_stream([result]) if body.get("stream") else self._send_json(200, result)
 
 
-class VllmServer(QuietHTTPServer):
-    """The OpenAI listener; handlers reach the engine through `server.engine`."""
+class VllmServer(EngineServer):
+    """The OpenAI listener of a VllmEngine; handlers reach it through `server.engine`."""
 
-    def __init__(self, engine: VllmEngine) -> None:
-        self.engine = engine
-        super().__init__(engine.args.host, engine.args.port, VllmHandler)
-
-    @property
-    def url(self) -> str:
-        return http_url(self.server_name, self.server_port)
+    handler_class = VllmHandler

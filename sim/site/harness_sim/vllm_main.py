@@ -10,31 +10,31 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import sys
 import time
 from collections.abc import Mapping
 
 from harness_sim import TOKENIZER_DIR, faults
 from harness_sim.console import say
-from harness_sim.sglang_main import (
-    DIE_AFTER_READY_S,
-    MODEL_DIR_ENV,
-    STARTUP_COMPLETE_LINE,
-    STARTUP_ENV,
-    _close,
-    _serve,
-    _Stopper,
-    seconds_knob,
+from harness_sim.serving import (
+    TAG,
+    Binding,
+    announce,
+    bind,
+    load_model,
+    say_ignored,
+    say_uvicorn_starting,
+    serving,
+    until_stopped,
+    usage_error,
 )
+from harness_sim.sglang_main import MODEL_DIR_ENV, STARTUP_COMPLETE_LINE, STARTUP_ENV, seconds_knob
 from harness_sim.vllm_args import VllmArgs, parse_vllm_args
 from harness_sim.vllm_engine import DEFAULT_BOOTSTRAP_PORT, BootstrapServer, VllmEngine, VllmServer
-from harness_sim.wiring import QuietHTTPServer
 
 VERSION_ENV = "HARNESS_SIM_VLLM_VERSION"
 DEFAULT_VERSION = "0.17.0"
 BOOTSTRAP_PORT_ENV = "VLLM_MOONCAKE_BOOTSTRAP_PORT"   # vLLM's own variable, honoured as vLLM does
-TAG = "[harness-sim]"
 _VERSION = re.compile(r"\d+(\.\d+)+([.+-]?[0-9A-Za-z][0-9A-Za-z.+-]*)?")
 
 
@@ -82,22 +82,15 @@ def _log(message: str, source: str = "api_server.py") -> None:
     say(f"INFO {time.strftime('%m-%d %H:%M:%S')} [{source}] {message}")
 
 
-def _bind(engine: VllmEngine, bootstrap_port: int) -> list[QuietHTTPServer]:
-    """Bind the bootstrap port (producers) and the HTTP port; OSError names the port."""
+def _bindings(engine: VllmEngine, bootstrap_port: int) -> list[Binding]:
+    """The bootstrap port (producers), then the HTTP port."""
     args = engine.args
-    servers: list[QuietHTTPServer] = []
-    try:
-        if engine.is_producer:
-            where = f"Mooncake bootstrap port {args.host}:{bootstrap_port}"
-            bootstrap = BootstrapServer(args.host, bootstrap_port, engine)
-            engine.bootstrap_port = bootstrap.server_port
-            servers.append(bootstrap)
-        where = f"HTTP port {args.host}:{args.port}"
-        servers.append(VllmServer(engine))
-    except OSError as exc:
-        _close(servers, serving=False)
-        raise OSError(f"cannot bind {where}: {exc.strerror or exc}") from None
-    return servers
+    bindings: list[Binding] = []
+    if engine.is_producer:
+        bindings.append((f"Mooncake bootstrap port {args.host}:{bootstrap_port}",
+                         lambda: BootstrapServer(args.host, bootstrap_port, engine)))
+    bindings.append((f"HTTP port {args.host}:{args.port}", lambda: VllmServer(engine)))
+    return bindings
 
 
 def _print_ready(engine: VllmEngine, server: VllmServer) -> None:
@@ -107,20 +100,15 @@ def _print_ready(engine: VllmEngine, server: VllmServer) -> None:
     _log(f"Starting vLLM API server 0 on {server.url}")
     _log("Available routes are: /health, /ping, /version, /v1/models, /v1/chat/completions, "
          "/v1/completions", "launcher.py")
-    say(f"INFO:     Started server process [{os.getpid()}]")
-    say("INFO:     Waiting for application startup.")
+    say_uvicorn_starting()
     say(STARTUP_COMPLETE_LINE)
 
 
 def run(argv: list[str], environ: Mapping[str, str]) -> int:
     """The whole life of one simulated vLLM server; returns its exit status."""
-    stopper = _Stopper()
-    stopper.install()  # first: a stop at any moment of start-up must still be a clean exit 0
-    say(f"{TAG} SIMULATED vllm.entrypoints.openai.api_server (the Mooncake E2E harness's "
-        f"simulator, not vLLM) pid={os.getpid()} args: {shlex.join(argv)}")
+    stopper = announce("vllm.entrypoints.openai.api_server", "vLLM", argv)
     args = parse_vllm_args(argv)
-    if args.unknown:
-        say(f"{TAG} ignoring arguments the simulator does not use: {shlex.join(args.unknown)}")
+    say_ignored(args.unknown)
     try:
         startup_s = seconds_knob(environ, STARTUP_ENV, 0.5)
         version = version_knob(environ)
@@ -128,8 +116,7 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
     except ValueError as exc:
-        say(f"{TAG} error: {exc}")
-        return faults.EXIT_USAGE
+        return usage_error(exc)
     engine = VllmEngine(args=args, model_path=reported_model_path(args, environ),
                         version=version, faults=active, component=component)
     if args.kv_transfer_config and args.kv_transfer_config.get("engine_id"):
@@ -142,38 +129,21 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     _log(f"vLLM API server version {version}")
     _log(f"non-default args: {args.non_default()}", "utils.py")
 
-    if stopper.wait(startup_s):  # the "model load"; a stop during it is still a clean exit
-        return stopper.farewell()
-    if "crash" in active:
-        say(f"{TAG} RuntimeError: simulated fault crash ({component}:crash): exiting with "
-            f"status {faults.EXIT_CRASH} before ready")
+    stopped = load_model(stopper, startup_s, active, component)
+    if stopped is not None:
+        return stopped
+    servers = bind(_bindings(engine, bootstrap_port))
+    if servers is None:
         return faults.EXIT_CRASH
-    if "hang" in active:
-        say(f"{TAG} simulated fault hang ({component}:hang): never becoming ready")
-        stopper.wait()
-        return stopper.farewell()
-    try:
-        servers = _bind(engine, bootstrap_port)
-    except OSError as exc:
-        say(f"{TAG} error: {exc} (is another server already running there?)")
-        return faults.EXIT_CRASH
-    _serve(servers)
-    try:
+    if engine.is_producer:
+        engine.bootstrap_port = servers[0].server_port
+    with serving(servers):
         http_server = servers[-1]
         assert isinstance(http_server, VllmServer)
         _print_ready(engine, http_server)
         say(f"INFO:     Uvicorn running on {http_server.url} (Press CTRL+C to quit)")
         gpu_hook("ready", engine)
-        if "die-after-ready" in active:
-            if stopper.wait(DIE_AFTER_READY_S):
-                return stopper.farewell()
-            say(f"{TAG} simulated fault die-after-ready: exiting with status "
-                f"{faults.EXIT_DIED_AFTER_READY}")
-            return faults.EXIT_DIED_AFTER_READY
-        stopper.wait()
-        return stopper.farewell()
-    finally:
-        _close(servers, serving=True)
+        return until_stopped(active, stopper)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,14 +40,23 @@ from harness_sim import api, faults
 from harness_sim.answers import WRONG
 from harness_sim.console import say
 from harness_sim.engine import EngineHandler
-from harness_sim.sglang_main import DIE_AFTER_READY_S, _Stopper
+from harness_sim.serving import (
+    TAG,
+    Stopper,
+    announce,
+    bind,
+    die_after_ready,
+    say_uvicorn_starting,
+    serving,
+    startup_fault,
+    usage_error,
+)
 from harness_sim.wiring import QuietHTTPServer, get_json, http_url
 
 DEFAULT_BOOTSTRAP_PORT = 8998
 READY_LINE = "All prefiller instances are ready."
 POLL_S = 0.2                  # how often a prefill is asked again while it is not up
 UPSTREAM_TIMEOUT_S = 300.0
-TAG = "[harness-sim]"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
 
 
@@ -149,7 +158,7 @@ def _why_not_ready(prefiller: Prefiller) -> str | None:
     return None
 
 
-def wait_for_prefillers(state: ProxyState, stopper: _Stopper) -> None:
+def wait_for_prefillers(state: ProxyState, stopper: Stopper) -> None:
     """The background task: in order, each prefill up; then the ready line."""
     for prefiller in state.prefill:
         last = None
@@ -286,63 +295,41 @@ class ProxyServer(QuietHTTPServer):
 
 
 def run(argv: list[str]) -> int:
-    stopper = _Stopper()
-    stopper.install()
-    say(f"{TAG} SIMULATED mooncake_connector_proxy.py (the Mooncake E2E harness's simulator, "
-        f"not vLLM's proxy) pid={os.getpid()} args: {shlex.join(argv)}")
+    stopper = announce("mooncake_connector_proxy.py", "vLLM's proxy", argv)
     args = parse_proxy_args(argv)
     try:
         component = faults.own_component()
         active = faults.own_faults()
     except ValueError as exc:
-        say(f"{TAG} error: {exc}")
-        return faults.EXIT_USAGE
+        return usage_error(exc)
     say(f"{TAG} component={component or '-'} faults={','.join(sorted(active)) or '-'}")
-    if "crash" in active:
-        say(f"{TAG} RuntimeError: simulated fault crash ({component}:crash): exiting with "
-            f"status {faults.EXIT_CRASH} before ready")
-        return faults.EXIT_CRASH
-    if "hang" in active:
-        say(f"{TAG} simulated fault hang ({component}:hang): never becoming ready")
-        stopper.wait()
-        return stopper.farewell()
+    fault_exit = startup_fault(active, component, stopper)
+    if fault_exit is not None:
+        return fault_exit
     state = ProxyState([Prefiller(url, addr) for url, addr in args.prefill], args.decode, active)
-    try:
-        server = ProxyServer(args.host, args.port, state)
-    except OSError as exc:
-        say(f"{TAG} error: cannot bind HTTP port {args.host}:{args.port}: "
-            f"{exc.strerror or exc} (is another server already running there?)")
+    servers = bind([(f"HTTP port {args.host}:{args.port}",
+                     lambda: ProxyServer(args.host, args.port, state))])
+    if servers is None:
         return faults.EXIT_CRASH
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="proxy-http", daemon=True)
-    thread.start()
-    try:
-        say(f"INFO:     Started server process [{os.getpid()}]")
-        say("INFO:     Waiting for application startup.")
+    with serving(servers):
+        say_uvicorn_starting()
         say(f"Got {len(state.prefill)} prefill clients and {len(state.decode)} decode clients.")
         threading.Thread(target=wait_for_prefillers, args=(state, stopper), daemon=True,
                          name="prefiller-info").start()
         say("INFO:     Application startup complete.")
-        say(f"INFO:     Uvicorn running on {http_url(args.host, server.server_port)} "
+        say(f"INFO:     Uvicorn running on {http_url(args.host, servers[0].server_port)} "
             "(Press CTRL+C to quit)")
         if "die-after-ready" in active:
             while not state.ready.is_set():
                 if stopper.wait(0.05):
                     return stopper.farewell()
-            if stopper.wait(DIE_AFTER_READY_S):
-                return stopper.farewell()
-            say(f"{TAG} simulated fault die-after-ready: exiting with status "
-                f"{faults.EXIT_DIED_AFTER_READY}")
-            return faults.EXIT_DIED_AFTER_READY
+            return die_after_ready(stopper)
         stopper.wait()
         code = stopper.farewell()
         say("INFO:     Shutting down")
         say("INFO:     Application shutdown complete.")
         say(f"INFO:     Finished server process [{os.getpid()}]")
         return code
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,24 +54,8 @@ def http_url(host: str, port: int, path: str = "") -> str:
     return f"http://{host}:{port}{path}"
 
 
-def get_json(url: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[int, Any]:
-    """GET url -> (status, parsed JSON or raw text); raises OSError when nothing answers."""
-    try:
-        with _OPENER.open(url, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    text = raw.decode("utf-8", "replace")
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
-
-
-def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
-    """POST JSON -> (status, parsed JSON or raw text); raises OSError when nothing answers."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+def _fetch_json(request: str | urllib.request.Request, timeout: float) -> tuple[int, Any]:
+    """(status, parsed JSON or raw text), an HTTP error status included; OSError: no answer."""
     try:
         with _OPENER.open(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
@@ -82,6 +66,28 @@ def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
         return status, json.loads(text)
     except ValueError:
         return status, text
+
+
+def get_json(url: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[int, Any]:
+    """GET url -> (status, parsed JSON or raw text); raises OSError when nothing answers."""
+    return _fetch_json(url, timeout)
+
+
+def post_json(url: str, body: Any, timeout: float = 10.0) -> tuple[int, Any]:
+    """POST JSON -> (status, parsed JSON or raw text); raises OSError when nothing answers."""
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    return _fetch_json(request, timeout)
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+    """Answer a request with a JSON body of known length (the connection stays usable)."""
+    data = json.dumps(body).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 # --- the prefill's bootstrap server -------------------------------------------------------
@@ -96,12 +102,7 @@ class _BootstrapHandler(BaseHTTPRequestHandler):
         else:
             status, body = 404, {"object": "error", "message": f"Not Found: {self.path}",
                                  "type": "NotFoundError", "param": None, "code": 404}
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, status, body)
 
     def log_message(self, format: str, *args: Any) -> None:
         say(f"INFO:     [bootstrap] {self.client_address[0]} - {format % args}")

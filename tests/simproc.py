@@ -1,0 +1,107 @@
+"""Started processes for the integration tests: free ports, polling, a process and its log.
+
+A `LoggedProcess` runs in its own session with its output in a log file; `killed_afterwards`
+is the body of a `start` fixture: every process the test started is killed (killpg) after it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM_SITE = ROOT / "sim" / "site"
+
+P = TypeVar("P", bound="LoggedProcess")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, step_s: float = 0.05) -> Any:
+    """Poll until `predicate()` is truthy; its last value (falsy on a timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step_s)
+    return predicate()
+
+
+def clean_env(*drop: str) -> dict[str, str]:
+    """This process's environment less PYTHONPATH and the variables starting with `drop`."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "PYTHONPATH"}
+
+
+class LoggedProcess:
+    """One started process (its own session) and its log."""
+
+    exited = "exited"  # how a death before the awaited line is reported
+
+    def __init__(self, log: Path, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=str(cwd), env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(self, line: str, timeout: float = 10.0) -> None:
+        """Wait for `line` in the log; fail at once if the process exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if line in self.text():
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"{self.exited} {self.proc.returncode} before {line!r}:\n"
+                            f"{self.text()}")
+            time.sleep(0.02)
+        pytest.fail(f"no {line!r} within {timeout}s:\n{self.text()}")
+
+    def wait_exit(self, timeout: float = 10.0) -> int:
+        return self.proc.wait(timeout)
+
+    def terminate(self) -> float:
+        """SIGTERM the process group; returns how long the exit took."""
+        started = time.monotonic()
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(5)
+        return time.monotonic() - started
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+
+
+@contextmanager
+def killed_afterwards() -> Iterator[Callable[[P], P]]:
+    """Yields `keep(process) -> process`; every process kept is killed on the way out."""
+    kept: list[LoggedProcess] = []
+
+    def keep(process: P) -> P:
+        kept.append(process)
+        return process
+
+    try:
+        yield keep
+    finally:
+        for process in kept:
+            process.kill()
