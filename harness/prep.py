@@ -24,7 +24,7 @@ from typing import Iterator, Mapping
 
 import docker.errors
 
-from harness.container import engine_message
+from harness.container_spec import engine_message
 from harness.errors import CommandFailed, DockerError, HarnessError
 from harness.layout import Layout
 from harness.nodes import Node

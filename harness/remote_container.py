@@ -15,8 +15,9 @@ import math
 import shlex
 from typing import Sequence
 
-from harness.container import (EXEC_KILL_AFTER_S, LABEL_ROLE, LABEL_RUN_ID, LEFTOVER_STATES,
-                               ROLE_CI_CONTAINER, ContainerSpec, container_spec, start_hint)
+from harness.container import EXEC_KILL_AFTER_S, LEFTOVER_STATES
+from harness.container_spec import (LABEL_ROLE, LABEL_RUN_ID, ROLE_CI_CONTAINER, ContainerSpec,
+                                    container_spec, start_hint)
 from harness.errors import CommandFailed, DockerError
 from harness.hosts import Completed
 from harness.layout import CONTAINER_ROOT, Layout

@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from harness import container as ct
+from harness import container_spec as spec
 from harness import prep
 from harness.container import ContainerNode
 from harness.errors import CommandFailed, DockerError
@@ -62,7 +63,7 @@ class Made:
         for node in self.nodes:
             node.close()
         found = self.client.containers.list(
-            all=True, filters={"label": f"{ct.LABEL_RUN_ID}={self.run_id}"})
+            all=True, filters={"label": f"{spec.LABEL_RUN_ID}={self.run_id}"})
         for name in self.names:
             found += containers_named(self.client, name)
         for container in found:
@@ -88,8 +89,8 @@ def test_start_exec_spawn_stop(made, docker_client):
 
     attrs = docker_client.containers.get(node.container_name).attrs
     host_config, config = attrs["HostConfig"], attrs["Config"]
-    assert config["Labels"][ct.LABEL_RUN_ID] == made.run_id
-    assert config["Labels"][ct.LABEL_ROLE] == "ci-container"
+    assert config["Labels"][spec.LABEL_RUN_ID] == made.run_id
+    assert config["Labels"][spec.LABEL_ROLE] == "ci-container"
     assert host_config["Init"] is True
     assert host_config["IpcMode"] == "host" and host_config["NetworkMode"] == "host"
     assert host_config["CapAdd"] == ["SYS_PTRACE"] and host_config["Privileged"] is False
@@ -181,7 +182,7 @@ def test_refused_feature_fails_cleanly(made, docker_client, env, setting):
         assert setting in (exc.hint or ""), exc.details()
         assert containers_named(docker_client, node.container_name) == []
         assert docker_client.containers.list(
-            all=True, filters={"label": f"{ct.LABEL_RUN_ID}={made.run_id}"}) == []
+            all=True, filters={"label": f"{spec.LABEL_RUN_ID}={made.run_id}"}) == []
     else:
         assert node.running()
 
@@ -199,7 +200,7 @@ def test_gpu_request_without_gpu_runtime(made, docker_client):
 
 def test_remove_leftovers(made, docker_client):
     name = made.settings().container_name
-    labels = {ct.LABEL_RUN_ID: made.run_id, ct.LABEL_ROLE: ct.ROLE_CI_CONTAINER}
+    labels = {spec.LABEL_RUN_ID: made.run_id, spec.LABEL_ROLE: spec.ROLE_CI_CONTAINER}
     docker_client.containers.create(made.image, name=name, labels=labels, entrypoint=["true"])
     other = made.settings().container_name
     docker_client.containers.create(made.image, name=other, entrypoint=["true"])  # not ours

@@ -7,6 +7,7 @@ from docker.models.containers import _create_container_args
 from docker.types import DeviceRequest, Ulimit
 
 from harness import container as ct
+from harness import container_spec as spec
 from harness.errors import CommandFailed, DockerError, SettingsError
 from harness.hosts import LocalHost
 from harness.settings import Settings
@@ -24,7 +25,7 @@ def settings(**env: str) -> Settings:
 
 
 def kwargs_for(s: Settings, *, exists=lambda path: True, run_id: str = "r1") -> dict:
-    return ct.create_kwargs(s, IMAGE, run_id, name=s.container_name, project_dir=PROJECT,
+    return spec.create_kwargs(s, IMAGE, run_id, name=s.container_name, project_dir=PROJECT,
                             exists=exists)
 
 
@@ -66,7 +67,7 @@ def test_kwargs_are_all_known_to_the_docker_sdk():
 
 
 def test_docker_run_argv_has_the_same_flags():
-    argv = ct.container_spec(settings(), IMAGE, "r1", name="c", project_dir=PROJECT,
+    argv = spec.container_spec(settings(), IMAGE, "r1", name="c", project_dir=PROJECT,
                              exists=lambda p: True).docker_run_argv()
     for flag in ("--init", "--detach", "--ipc=host", "--network=host", "--cap-add=SYS_PTRACE",
                  "--privileged", "--shm-size=128g", "--entrypoint=bash",
@@ -153,7 +154,7 @@ def test_model_cache_and_names():
      "permitted: unknown", "CONTAINER_MEMLOCK=0"),
 ])
 def test_start_hint_names_the_setting(message, setting):
-    assert setting in ct.start_hint(message)
+    assert setting in spec.start_hint(message)
 
 
 # --- ContainerNode without an engine -----------------------------------------------------------
