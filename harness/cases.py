@@ -21,8 +21,9 @@ from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError
 from harness.gpu import sim_gpu_env
 from harness.nodes import Node
 from harness.results import CaseResult
-from harness.servers import CANCEL, POLL_S, Rule, Server
+from harness.servers import Rule, Server
 from harness.settings import Settings
+from harness.waiting import Cancel, fan_out, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,15 @@ class CaseContext:
     """What a running case is handed by the runner."""
 
     def __init__(self, case: Case, settings: Settings, local: Node, remote: Node | None,
-                 result: CaseResult, stack: ExitStack) -> None:
+                 result: CaseResult, stack: ExitStack, cancel: Cancel | None = None) -> None:
         self.case = case
         self.settings = settings
         self.local = local
         self.remote = remote
         self.result = result
+        self.cancel = cancel or Cancel()
         self._stack = stack
+        self._servers: list[Server] | None = None  # the servers of the current scope
 
     # --- steps --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -159,10 +162,10 @@ class CaseContext:
         model. Every model runs; the case fails if any did, naming the first failure."""
         failures: list[tuple[str, HarnessError]] = []
         for model in models:
-            outer = self._stack
+            outer = self._stack, self._servers
             try:
                 with ExitStack() as stack:
-                    self._stack = stack
+                    self._stack, self._servers = stack, None
                     stack.callback(self.stop_leftovers)  # after this model's own stops
                     for node in self.nodes:
                         node.host.mkdir(node.on_host(self.model_logs(node, model)))
@@ -173,7 +176,7 @@ class CaseContext:
                 log.error("%s: %s failed: %s", self.case.name, model, exc.details())
                 failures.append((model, exc))
             finally:
-                self._stack = outer
+                self._stack, self._servers = outer
         if failures:
             model, first = failures[0]
             more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
@@ -184,10 +187,14 @@ class CaseContext:
     def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,
                ready: Sequence[Rule], env: Mapping[str, str] | None = None,
                pythonpath: Sequence[str] = (), cwd: object = None) -> Server:
-        """A server that is stopped when the case ends, whatever happens."""
+        """A server that is stopped when the case (or the model) ends, whatever happens:
+        the servers of one scope are stopped all at once, on both hosts."""
         server = Server(name, node, list(argv), self.case.name, log, list(ready),
-                        dict(env or {}), list(pythonpath), cwd)
-        self._stack.callback(self._stop, server)
+                        dict(env or {}), list(pythonpath), cwd, self.cancel)
+        if self._servers is None:
+            self._servers = []
+            self._stack.callback(self._stop_all, self._servers)
+        self._servers.append(server)
         return server
 
     def stop_leftovers(self) -> None:
@@ -206,15 +213,20 @@ class CaseContext:
                 log.warning("%s: stopped what %s left behind: %s", node.name, self.case.name,
                             ", ".join(left))
 
-    def _stop(self, server: Server) -> None:
-        """Cleanup must reach every server: a stop that fails (a host gone) is recorded and
-        the others are still stopped; it never hides the case's own failure."""
-        try:
-            server.stop(self.settings.timeout_stop_s)
-        except HarnessError as exc:
-            note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
-            log.error("%s: %s", self.case.name, note)
-            self.result.cleanup_errors.append(note)
+    def _stop_all(self, servers: list[Server]) -> None:
+        """Stop every server of a scope at once. Cleanup must reach every server: a stop that
+        fails (a host gone) is recorded and the others are still stopped; it never hides the
+        case's own failure. It is not cancelled by Ctrl-C: it is what Ctrl-C waits for."""
+        def stop(server: Server) -> None:
+            try:
+                server.stop(self.settings.timeout_stop_s)
+            except HarnessError as exc:
+                note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
+                log.error("%s: %s", self.case.name, note)
+                self.result.cleanup_errors.append(note)
+        with self.result.timed("stop"):
+            fan_out([lambda _, server=server: stop(server) for server in servers], Cancel(),
+                    "server stop")
 
     def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                     pythonpath: Sequence[str] = (), cwd: object = None,
@@ -231,21 +243,25 @@ class CaseContext:
         server.start()
         proc = server.proc
         assert proc is not None
-        deadline = time.monotonic() + self.settings.timeout_case_s
         next_alive_check = time.monotonic() + 1.0
-        while (code := proc.exit_code()) is None:
-            now = time.monotonic()
-            if CANCEL.is_set():
-                raise HarnessError("interrupted while the payload ran", host=node.name)
-            if now >= deadline:
-                raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
-                                 host=node.name, log_tail=server.log_tail())
-            if now >= next_alive_check:
-                next_alive_check = now + 1.0
+
+        def finished() -> tuple[bool, str]:
+            nonlocal next_alive_check
+            if proc.exit_code() is not None:
+                return True, ""
+            if time.monotonic() >= next_alive_check:
+                next_alive_check = time.monotonic() + 1.0
                 if not node.alive(proc.pgid) and proc.exit_code() is None:
                     raise ServerExited("payload is gone without an exit status (killed?)",
                                        host=node.name, log_tail=server.log_tail())
-            time.sleep(POLL_S)
+            return False, "still running"
+
+        done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
+                                awaited="the payload", cancel=self.cancel)
+        if not done:
+            raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
+                             host=node.name, log_tail=server.log_tail())
+        code = proc.exit_code()
         # The stop registered above still runs: it ends anything the payload left in its group.
         if code != 0:
             raise CaseFailed(f"payload exited with status {code}", host=node.name,

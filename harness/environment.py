@@ -22,6 +22,7 @@ from harness.gpu import SimGpu, sim_gpu_dir
 from harness.nodes import HostNode, Node
 from harness.reset import gpu_source_for, reset_node
 from harness.settings import RemoteVia, Runtime, Settings, shrc_text
+from harness.waiting import Cancel, fan_out
 from harness.wheel import fetch_wheel, find_wheel
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class Environment:
     local: Node | None = None
     remote: Node | None = None
     prep_s: dict[str, float] = field(default_factory=dict)
+    cancel: Cancel = field(default_factory=Cancel)  # the run's: Ctrl-C/SIGTERM set it
 
     @property
     def nodes(self) -> list[Node]:
@@ -80,13 +82,18 @@ def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
 
 # --- preparation ------------------------------------------------------------------------------
 class _Steps:
-    """Runs one host's prep steps: logs, times, and tags errors with the step and host."""
+    """Runs one host's prep steps: logs, times, and tags errors with the step and host; a
+    cancel (Ctrl-C, or the other host's prep failed) stops it before the next step."""
 
-    def __init__(self, env: Environment, node: Node) -> None:
+    def __init__(self, env: Environment, node: Node, cancel: Cancel) -> None:
         self.env = env
         self.node = node
+        self.cancel = cancel
 
     def __call__(self, name: str, action: Callable[[], object]):
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.cancel.reason} before this step", step=name,
+                              host=self.node.name)
         log.info("prep %s: %s ...", self.node.name, name)
         start = time.monotonic()
         try:
@@ -123,15 +130,17 @@ def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool 
 
     With local_node=False (`invoke prepare-remote`) this host only provides the wheel."""
     wheel = _Wheel()
-    jobs = [lambda: _prepare_local(env, env.local, stack, group, wheel, local_node)]
+    jobs = [lambda cancel: _prepare_local(env, env.local, stack, group, wheel, local_node,
+                                          _Steps(env, env.local, cancel))]
     if env.remote is not None:
-        jobs.append(lambda: _prepare_remote(env, env.remote, stack, group, wheel))
-    run_parallel(jobs)
+        jobs.append(lambda cancel: _prepare_remote(env, env.remote, stack, group, wheel,
+                                                   _Steps(env, env.remote, cancel)))
+    fan_out(jobs, env.cancel, "prep")
 
 
 def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
-                   wheel: _Wheel, whole: bool) -> None:
-    s, step = env.settings, _Steps(env, node)
+                   wheel: _Wheel, whole: bool, step: _Steps) -> None:
+    s = env.settings
     try:
         same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, env.layout))
         if s.harness_sim:  # memory a gpu-leak fault "leaked" in an earlier run is not ours
@@ -154,14 +163,15 @@ def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
 
 
 def _prepare_remote(env: Environment, node: Node, stack: ExitStack, group: str,
-                    wheel: _Wheel) -> None:
-    s, step = env.settings, _Steps(env, node)
+                    wheel: _Wheel, step: _Steps) -> None:
+    s = env.settings
     remote = env.layout.view(node.host_layout.root)
     shrc = shrc_text(s, remote.path_entries())
     step("sync-project", lambda: node.host.sync_project(env.layout.root, remote.root,
                                                         {"run/.shrc": shrc}))
     _container_steps(env, node, stack, group, step)
-    wheel.ready.wait()
+    while not wheel.ready.wait(0.1):
+        step.cancel.check("waiting for the local wheel")
     if wheel.failed:
         raise HarnessError("the local wheel step failed; nothing to install here",
                            step="pip-install", host=node.name)
@@ -206,15 +216,16 @@ def _pip_step(env: Environment, node: Node, group: str, step: _Steps,
 def reset(env: Environment, next_case: str) -> None:
     """Reset every node at the same time (SPEC §8): restart (or stop this run's processes),
     wait for GPU memory, scoped kill, wait again. A failure means an unhealthy host."""
-    def reset_one(node: Node) -> Callable[[], None]:
-        def job() -> None:
+    def reset_one(node: Node) -> Callable[[Cancel], None]:
+        def job(cancel: Cancel) -> None:
             started = time.monotonic()
-            report = reset_node(node, env.settings, gpu_source_for(node, env.settings))
+            report = reset_node(node, env.settings, gpu_source_for(node, env.settings),
+                                cancel=cancel)
             env.prep_s[f"{node.name}:reset before {next_case}"] = round(
                 time.monotonic() - started, 3)
             log.info("reset %s: %s", node.name, report.summary())
         return job
-    run_parallel([reset_one(node) for node in env.nodes])
+    fan_out([reset_one(node) for node in env.nodes], env.cancel, "reset")
 
 
 def collect_remote_logs(env: Environment, case: str) -> None:
@@ -225,26 +236,3 @@ def collect_remote_logs(env: Environment, case: str) -> None:
     source = node.on_host(node.layout.case_logs(case))
     copied = node.host.get_tree(source, Path(env.layout.case_logs(case)))
     log.info("%s: copied %d log file(s) of %s", node.name, len(copied), case)
-
-
-def run_parallel(jobs: list[Callable[[], None]]) -> None:
-    """Run jobs in threads, wait for all of them, then raise the first error."""
-    if len(jobs) == 1:
-        jobs[0]()
-        return
-    errors: list[BaseException] = []
-
-    def wrap(job: Callable[[], None]) -> None:
-        try:
-            job()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=wrap, args=(job,), daemon=True) for job in jobs]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
-    if errors:
-        raise errors[0]

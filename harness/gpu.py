@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Iterable, Protocol, Sequence
 
-from harness.errors import CommandFailed, HarnessError, Interrupted, tail
+from harness.errors import CommandFailed, HarnessError, tail
 from harness.hosts import Completed, LocalHost
 from harness.layout import Layout
+from harness.waiting import Cancel, wait_until
 
 log = logging.getLogger(__name__)
 
@@ -351,29 +352,27 @@ def format_used(used: Sequence[int], limit_mb: int = LIMIT_MB) -> str:
 
 def wait_for_drain(source: GpuMemory, *, timeout_s: float, limit_mb: int = LIMIT_MB,
                    poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic,
-                   sleep: Callable[[float], None] = time.sleep,
-                   cancel: threading.Event | None = None) -> Drain:
+                   sleep: Callable[[float], object] | None = None,
+                   cancel: "Cancel | threading.Event | None" = None) -> Drain:
     """Poll `source` until every GPU uses at most `limit_mb`, for at most `timeout_s`.
 
     Reads at least once, and once more at the deadline. A GpuReadError is raised as it comes:
     an unreadable GPU is never taken for an idle one. `cancel` set → Interrupted.
     """
     drain = Drain(limit_mb, timeout_s)
-    start = clock()
-    while True:
+
+    def drained() -> tuple[bool, str]:
         used = tuple(source.used_mb())
         now = clock() - start
         drain.readings.append(GpuReading(round(now, 3), used))
-        drain.waited_s = now
         log.debug("GPU memory at %.1fs: %s", now, format_used(used, limit_mb))
-        if max(used, default=0) <= limit_mb:
-            drain.drained = True
-            return drain
-        if now >= timeout_s:
-            return drain
-        if cancel is not None and cancel.is_set():
-            raise Interrupted("interrupted while waiting for GPU memory to drain")
-        sleep(max(0.0, min(poll_s, timeout_s - now)))
+        return max(used, default=0) <= limit_mb, format_used(used, limit_mb)
+
+    start = clock()
+    drain.drained, _, drain.waited_s = wait_until(
+        drained, timeout_s=timeout_s, awaited="GPU memory to drain", cancel=cancel,
+        poll_s=poll_s, clock=clock, sleep=sleep)
+    return drain
 
 
 # --- whose processes ---------------------------------------------------------------------------

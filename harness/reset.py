@@ -203,22 +203,13 @@ def kill_scope(node: Node, groups: set[int]) -> KillScope:
 
 
 # --- the reset -----------------------------------------------------------------------------------
-def _default_cancel() -> threading.Event | None:
-    try:
-        from harness.servers import CANCEL
-    except ImportError:  # the GPU check script runs without the HTTP client installed
-        return None
-    return CANCEL
-
-
 def reset_node(node: Node, settings: Settings, gpu: GpuMemory, *,
                limit_mb: int = gpu_mod.LIMIT_MB, poll_s: float = gpu_mod.POLL_S,
                clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], None] = time.sleep,
-               cancel: threading.Event | None = None) -> ResetReport:
+               sleep: Callable[[float], object] | None = None,
+               cancel: Cancel | threading.Event | None = None) -> ResetReport:
     """Restart/stop, wait for the GPUs, kill only this node's GPU processes, wait again."""
     report = ResetReport(node.name)
-    cancel = cancel if cancel is not None else _default_cancel()
     container = isinstance(node, ContainerBase)
     groups = set() if container else recorded_groups(node)
 

@@ -10,6 +10,7 @@ import datetime as dt
 import enum
 import json
 import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,12 +30,12 @@ def utc_timestamp(when: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_json_atomic(path: Path, data: object) -> None:
+def write_json_atomic(path: Path, data: object, *, one_line: bool = False) -> None:
     """Write JSON so a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2)
+        json.dump(data, fh, indent=None if one_line else 2)
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
@@ -51,6 +52,7 @@ class CaseResult:
     host: str = ""
     server: str = ""
     started: float = field(default_factory=time.time)
+    ended: float | None = None   # when the case ended: the timestamp of test_results.json
     duration_s: float = 0.0
     steps_s: dict[str, float] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
@@ -74,18 +76,31 @@ class CaseResult:
         data = asdict(self)
         data["status"] = self.status.value
         data["started"] = utc_timestamp(self.started)
+        data["ended"] = utc_timestamp(self.ended) if self.ended is not None else None
         data["duration_s"] = round(self.duration_s, 3)
         return data
 
 
+UNFINISHED = "run did not finish"
+
+
 def write_case_result(layout: Layout, result: CaseResult) -> None:
-    """`test_results.json` (exact SPEC format) and `case_summary.json` for one case."""
+    """`test_results.json` (exact SPEC format: one line, stamped when the case ended) and
+    `case_summary.json` for one case."""
+    if result.ended is None:
+        result.ended = time.time()
     write_json_atomic(Path(layout.results_file(result.case)), {
         "test_case": result.case,
         "status": result.status.value,
-        "timestamp": utc_timestamp(),
-    })
+        "timestamp": utc_timestamp(result.ended),
+    }, one_line=True)
     write_json_atomic(Path(layout.case_summary(result.case)), result.to_summary())
+
+
+def write_unfinished(layout: Layout, case: str) -> None:
+    """A case's verdict until it ends: `Fail`, "run did not finish". Written before anything
+    else runs, so a run killed at any point (SIGKILL, OOM) never leaves an older run's status."""
+    write_case_result(layout, CaseResult(case, reason=UNFINISHED))
 
 
 def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,

@@ -22,9 +22,10 @@ from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
 from harness.layout import Layout
 from harness.nodes import HostNode, Node
-from harness.results import CaseResult, Status, summary_table, write_case_result, write_run_summary
-from harness.servers import CANCEL
-from harness.settings import PROJECT_ROOT, Runtime, Settings
+from harness.results import (CaseResult, Status, summary_table, write_case_result,
+                             write_run_summary, write_unfinished)
+from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
+from harness.waiting import Cancel
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,10 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
     run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT))
     started = time.monotonic()
-    previous = _install_signal_handlers()
+    previous = _install_signal_handlers(run.env.cancel)
     try:
+        for case in run.cases:  # before anything else: a verdict exists from the first second
+            write_unfinished(run.layout, case.name)
         with ExitStack() as stack:
             try:
                 _check_inputs(run)
@@ -75,7 +78,6 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        CANCEL.clear()
         _finish(run, time.monotonic() - started)
     if run.interrupted:
         return EXIT_INTERRUPTED
@@ -113,10 +115,12 @@ def _run_case(run: Run, case: Case) -> None:
             for node in run.env.nodes:
                 node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
                 node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
+            write_unfinished(run.layout, case.name)  # the emptied dir held it
             # Run last (LIFO), after the case's own servers are stopped: anything still
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
-            ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack)
+            ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack,
+                              run.env.cancel)
             stack.callback(_collect_logs, run, case.name)
             stack.callback(ctx.stop_leftovers)
             case.run(ctx)
@@ -134,7 +138,9 @@ def _run_case(run: Run, case: Case) -> None:
     finally:
         result.duration_s = time.monotonic() - start
         if result.reason or result.status is Status.PASS:
+            result.ended = time.time()
             write_case_result(run.layout, result)
+            print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
 
 
@@ -168,14 +174,16 @@ def _fail_unfinished(run: Run, exc: HarnessError) -> None:
 
 def _interrupted(run: Run) -> None:
     run.interrupted = True
-    CANCEL.set()
+    run.env.cancel.set("interrupted")
     _fail_unfinished(run, Interrupted("interrupted (Ctrl-C or SIGTERM); run stopped"))
 
 
 def _finish(run: Run, duration_s: float) -> None:
     results = list(run.results.values())
     for result in results:
-        write_case_result(run.layout, result)
+        if result.ended is None:  # the cases that did not get to end by themselves
+            write_case_result(run.layout, result)
+            print(f"{result.case}: {result.status.value}", flush=True)
     write_run_summary(run.layout, results, group=run.label, pr_id=run.settings.pr_id,
                       prep_s=run.env.prep_s, duration_s=duration_s)
     print("\n" + summary_table(results), flush=True)
@@ -189,17 +197,17 @@ def _ignore_during_cleanup(signum: int, frame: object) -> None:
     log.warning("signal %d while stopping: finishing the cleanup first", signum)
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    """First Ctrl-C/SIGTERM: stop waits everywhere and unwind; later ones must not cut cleanup."""
-    CANCEL.set()
-    signal.signal(signal.SIGTERM, _ignore_during_cleanup)
-    signal.signal(signal.SIGINT, _ignore_during_cleanup)
-    raise KeyboardInterrupt
+def _install_signal_handlers(cancel: Cancel) -> dict:
+    """SIGTERM takes the same path as Ctrl-C (SPEC §2, 'Stopping'). The first one cancels every
+    wait of the run (in every thread) and unwinds the main thread; later ones must not cut the
+    cleanup short."""
+    def interrupt(signum: int, frame: object) -> None:
+        cancel.set("interrupted")
+        signal.signal(signal.SIGTERM, _ignore_during_cleanup)
+        signal.signal(signal.SIGINT, _ignore_during_cleanup)
+        raise KeyboardInterrupt
 
-
-def _install_signal_handlers() -> dict:
-    """SIGTERM takes the same path as Ctrl-C (SPEC §2, 'Stopping')."""
-    return {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
 
 
 def resolve_cases(names: Sequence[str]) -> list[Case]:
@@ -236,7 +244,7 @@ def clean(settings: Settings, *, wheels: bool) -> None:
     if settings.harness_runtime is Runtime.DOCKER:
         node = container_node(settings)
         if node.running():
-            stopped = node.stop_all(None, settings.timeout_stop_s)
+            stopped += node.stop_all(None, settings.timeout_stop_s)
         node.remove()
     for path in (layout.logs, layout.pids) + ((layout.whls, layout.shrc) if wheels else ()):
         host.remove(path)

@@ -1,16 +1,16 @@
 """Servers: launch into a log file, wait until ready, stop (SPEC §6).
 
-Readiness is a list of rules met in order: log lines (read from the host's disk, polled every
-0.1 s), an HTTP endpoint answering 200, or any one of several rules. Every poll also looks for
-the exit-status file the spawn wrapper writes, so a server that dies is reported at once with
-its log tail, not at the timeout.
+Readiness is a list of rules met in order; each rule checks itself: log lines (the log is
+followed incrementally from the host's disk), an HTTP endpoint answering 200, any one of several
+rules, or the server's own process group listening on its port. Every poll of the one wait loop
+(`harness.waiting.wait_until`) also looks for the exit-status file the spawn wrapper writes, so a
+server that dies is reported at once with its log tail, not at the timeout.
 """
 from __future__ import annotations
 
 import logging
 import re
 import shlex
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -20,16 +20,13 @@ import requests
 
 from harness.errors import NotReady, ServerExited, tail
 from harness.nodes import Node, Spawned
+from harness.waiting import Cancel, fan_out, wait_until
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.1
 ALIVE_CHECK_S = 1.0
 SGLANG_READY = "The server is fired up and ready to roll!"
 APP_STARTUP = "Application startup complete."
-
-# Set by the runner on Ctrl-C/SIGTERM, so waits in any thread give up at their next poll.
-CANCEL = threading.Event()
 
 
 def http_session() -> requests.Session:
@@ -50,6 +47,11 @@ class LogLines:
         return self.label or " and ".join(
             f"/{p}/" + (f" x{n}" if n > 1 else "") for p, n in self.patterns)
 
+    def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
+        counts = server.follow_log([p for p, _ in self.patterns])
+        missing = [f"/{p}/ {counts[p]}/{n}" for p, n in self.patterns if counts[p] < n]
+        return not missing, ("seen " + ", ".join(missing)) if missing else ""
+
 
 @dataclass(frozen=True)
 class HttpOk:
@@ -60,18 +62,75 @@ class HttpOk:
     def describe(self) -> str:
         return f"GET {self.url} -> 200"
 
+    def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
+        try:
+            answer = session.get(self.url, timeout=2)
+        except requests.RequestException as exc:
+            return False, type(exc).__name__
+        return answer.status_code == 200, f"HTTP {answer.status_code}"
+
 
 @dataclass(frozen=True)
 class AnyOf:
     """Ready when any one of the rules is met (e.g. router log lines or /readiness)."""
-    rules: tuple[LogLines | HttpOk, ...]
+    rules: tuple["Rule", ...]
     timeout_s: float
 
     def describe(self) -> str:
         return " or ".join(r.describe() for r in self.rules)
 
+    def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
+        whys = []
+        for rule in self.rules:
+            met, why = rule.check(server, session)
+            if met:
+                return True, ""
+            whys.append(why)
+        return False, "; ".join(w for w in whys if w)
 
-Rule = LogLines | HttpOk | AnyOf
+
+# Succeeds when a process of group $1 holds a socket listening on TCP port $2 (IPv4 or IPv6).
+_OWNS_PORT = r"""
+pg=$1; port=$(printf ':%04X' "$2")
+inodes=" $(awk -v p="$port" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p {
+  printf "%s ", $10 }' /proc/net/tcp /proc/net/tcp6 2>/dev/null)"
+[ "$inodes" != " " ] || exit 1
+for stat in /proc/[0-9]*/stat; do
+  line=$(cat "$stat" 2>/dev/null) || continue
+  fields=(${line##*) })
+  [ "${fields[2]}" = "$pg" ] || continue
+  dir=${stat%/stat}
+  for fd in "$dir"/fd/*; do
+    link=$(readlink "$fd" 2>/dev/null) || continue
+    case $link in socket:\[*\])
+      inode=${link#socket:[}; inode=${inode%]}
+      case $inodes in *" $inode "*) exit 0;; esac;;
+    esac
+  done
+done
+exit 1
+"""
+
+
+@dataclass(frozen=True)
+class OwnsPort:
+    """Ready when the server's own process group listens on `port`: an answer on the port
+    from another process (a leftover, a foreign listener) is not this server being ready."""
+    port: int
+    timeout_s: float
+
+    def describe(self) -> str:
+        return f"its own process listening on port {self.port}"
+
+    def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
+        if server.proc is None:
+            return False, "not started"
+        done = server.node.exec(["bash", "-c", _OWNS_PORT, "owns-port", str(server.proc.pgid),
+                                 str(self.port)], check=False, timeout=30)
+        return done.ok, "" if done.ok else f"port {self.port} is not held by {server.name}"
+
+
+Rule = LogLines | HttpOk | AnyOf | OwnsPort
 
 
 def log_line(text: str, timeout_s: float, count: int = 1) -> LogLines:
@@ -92,9 +151,11 @@ class Server:
     env: Mapping[str, str] = field(default_factory=dict)
     pythonpath: Sequence[str] = ()
     cwd: object = None
+    cancel: Cancel = field(default_factory=Cancel)
     proc: Spawned | None = None
-    _log_text: str = ""
     _log_offset: int = 0
+    _log_partial: str = ""                  # the last line, until its newline arrives
+    _log_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def where(self) -> dict:
@@ -103,7 +164,7 @@ class Server:
     def start(self) -> "Server":
         log.info("%s: starting %s (log %s)", self.node.name, self.name, self.log.name)
         self.node.host.remove(self.node.on_host(self.log))
-        self._log_text, self._log_offset = "", 0
+        self._log_offset, self._log_partial, self._log_counts = 0, "", {}
         self.proc = self.node.spawn(self.name, self.argv, case=self.case, log=self.log,
                                     env=self.env, cwd=self.cwd, pythonpath=self.pythonpath)
         return self
@@ -111,11 +172,18 @@ class Server:
     def log_tail(self, lines: int = 30) -> str:
         return tail(self.node.host.read_tail(self.node.on_host(self.log)), lines)
 
-    def wait_ready(self) -> None:
-        """Meet each rule in order; raise NotReady or ServerExited with the log tail."""
+    def wait_ready(self, cancel: Cancel | None = None) -> None:
+        """Meet each rule in order; raise NotReady or ServerExited with the log tail. Ready
+        also means the process the harness started is still there once the rules are met."""
+        cancel = cancel or self.cancel
         started = time.monotonic()
         for rule in self.ready:
-            self._wait(rule)
+            self._wait(rule, cancel)
+        if self.proc is not None and self.ready:
+            self._check_exited("its readiness rules", started)
+            if not self.node.alive(self.proc.pgid):
+                raise ServerExited(f"{self.name} is gone right after its readiness rules were "
+                                   "met", log_tail=self.log_tail(), **self.where)
         log.info("%s: %s ready in %.1fs", self.node.name, self.name, time.monotonic() - started)
 
     def stop(self, timeout_s: float) -> None:
@@ -127,61 +195,55 @@ class Server:
                         self.node.name, self.name, timeout_s)
         self.proc = None
 
-    # --- waiting ------------------------------------------------------------------------------
-    def _wait(self, rule: Rule) -> None:
-        deadline = time.monotonic() + rule.timeout_s
-        start = time.monotonic()
-        next_alive_check = start + ALIVE_CHECK_S
-        last_error = ""
-        session = http_session()
-        while True:
-            met, last_error = self._check(rule, session, last_error)
-            if met:
-                return
-            self._check_exited(rule, start)
-            now = time.monotonic()
-            if now >= next_alive_check:
-                next_alive_check = now + ALIVE_CHECK_S
-                if self.proc is not None and not self.node.alive(self.proc.pgid):
-                    raise ServerExited(f"{self.name} is gone (killed?) while waiting for "
-                                       f"{rule.describe()}", log_tail=self.log_tail(), **self.where)
-            if CANCEL.is_set():
-                raise NotReady(rule.describe(), now - start, "interrupted", **self.where)
-            if now >= deadline:
-                raise NotReady(rule.describe(), now - start, last_error,
-                               log_tail=self.log_tail(), hint=f"see {self.log}", **self.where)
-            time.sleep(POLL_S)
-
-    def _check(self, rule: Rule, session: requests.Session, last_error: str) -> tuple[bool, str]:
-        if isinstance(rule, AnyOf):
-            for sub in rule.rules:
-                met, last_error = self._check(sub, session, last_error)
-                if met:
-                    return True, last_error
-            return False, last_error
-        if isinstance(rule, LogLines):
-            text = self._read_log()
-            return all(len(re.findall(p, text)) >= n for p, n in rule.patterns), last_error
-        try:
-            answer = session.get(rule.url, timeout=2)
-        except requests.RequestException as exc:
-            return False, type(exc).__name__
-        return answer.status_code == 200, f"HTTP {answer.status_code}"
-
-    def _read_log(self) -> str:
+    def follow_log(self, patterns: Sequence[str]) -> dict[str, int]:
+        """How often each pattern matched the log so far. Only what was appended since the last
+        call is read and scanned (a line is counted once its newline has arrived); the line
+        still being written is looked at too, without being counted twice."""
         more, self._log_offset = self.node.host.read_from(self.node.on_host(self.log),
                                                           self._log_offset)
-        self._log_text += more
-        return self._log_text
+        done, _, self._log_partial = (self._log_partial + more).rpartition("\n")
+        counts = {}
+        for pattern in patterns:
+            self._log_counts[pattern] = (self._log_counts.get(pattern, 0)
+                                         + len(re.findall(pattern, done)))
+            counts[pattern] = (self._log_counts[pattern]
+                               + len(re.findall(pattern, self._log_partial)))
+        return counts
 
-    def _check_exited(self, rule: Rule, start: float) -> None:
+    # --- waiting ------------------------------------------------------------------------------
+    def _wait(self, rule: Rule, cancel: Cancel) -> None:
+        start = time.monotonic()
+        next_alive_check = start + ALIVE_CHECK_S
+        session = http_session()
+
+        def check() -> tuple[bool, str]:
+            nonlocal next_alive_check
+            met, why = rule.check(self, session)
+            if met:
+                return True, why
+            self._check_exited(rule.describe(), start)
+            now = time.monotonic()
+            if now >= next_alive_check and self.proc is not None:
+                next_alive_check = now + ALIVE_CHECK_S
+                if not self.node.alive(self.proc.pgid):
+                    raise ServerExited(f"{self.name} is gone (killed?) while waiting for "
+                                       f"{rule.describe()}", log_tail=self.log_tail(),
+                                       **self.where)
+            return False, why
+
+        met, why, waited = wait_until(check, timeout_s=rule.timeout_s,
+                                      awaited=f"{self.name}: {rule.describe()}", cancel=cancel)
+        if not met:
+            raise NotReady(rule.describe(), waited, why, log_tail=self.log_tail(),
+                           hint=f"see {self.log}", **self.where)
+
+    def _check_exited(self, awaited: str, start: float) -> None:
         code = self.proc.exit_code() if self.proc is not None else None
         if code is not None:
             waited = time.monotonic() - start
             raise ServerExited(
                 f"{self.name} exited with status {code} after {waited:.1f}s while waiting for "
-                f"{rule.describe()}", log_tail=self.log_tail(), hint=f"see {self.log}",
-                **self.where)
+                f"{awaited}", log_tail=self.log_tail(), hint=f"see {self.log}", **self.where)
 
 
 def sglang_ready(address: str, port: int, ready_timeout_s: float,
@@ -203,45 +265,28 @@ ROUTER_TOKENIZER = r"Successfully (loaded|registered) tokenizer"
 
 
 def router_ready(port: int, workers: int, timeout_s: float) -> list[Rule]:
-    """sglang-router: every worker activated and its tokenizer loaded, or /readiness 200."""
+    """sglang-router: every worker activated and its tokenizer loaded, or /readiness 200; and
+    the router itself listening on its port (not a leftover or a foreign listener)."""
     lines = LogLines(((ROUTER_WORKER_ACTIVATED, workers), (ROUTER_TOKENIZER, 1)), timeout_s,
                      f"{workers} x 'Activated 1 worker(s) (marked as healthy)' and the "
                      "tokenizer loaded")
-    return [AnyOf((lines, HttpOk(f"http://127.0.0.1:{port}/readiness", timeout_s)), timeout_s)]
+    return [AnyOf((lines, HttpOk(f"http://127.0.0.1:{port}/readiness", timeout_s)), timeout_s),
+            OwnsPort(port, timeout_s)]
 
 
-def start_all(servers: Sequence[Server]) -> None:
-    """Start servers that do not wait on each other, then wait for all of them in parallel."""
-    for server in servers:
-        server.start()
-    wait_all(servers)
+def start_all(servers: Sequence[Server], cancel: Cancel | None = None) -> None:
+    """Start servers that do not wait on each other and wait for them, all at once; the first
+    failure stops the others' waits and every failure is reported."""
+    cancel = cancel or servers[0].cancel
+    fan_out([lambda group, server=server: server.start().wait_ready(group)
+             for server in servers], cancel, "server start")
 
 
-def wait_all(servers: Sequence[Server]) -> None:
-    """Wait for every server at once; the first failure is raised, the others stop waiting."""
-    if len(servers) == 1:
-        servers[0].wait_ready()
-        return
-    errors: list[BaseException] = []
-    failed = threading.Event()
-
-    def wait(server: Server) -> None:
-        try:
-            server.wait_ready()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            errors.append(exc)
-            failed.set()
-
-    threads = [threading.Thread(target=wait, args=(s,), daemon=True) for s in servers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(POLL_S)
-            if failed.is_set():
-                raise errors[0]
-    if errors:
-        raise errors[0]
+def wait_all(servers: Sequence[Server], cancel: Cancel | None = None) -> None:
+    """Wait for servers already started, all at once (see `start_all`)."""
+    cancel = cancel or servers[0].cancel
+    fan_out([lambda group, server=server: server.wait_ready(group) for server in servers],
+            cancel, "server readiness")
 
 
 def offline_env(node: Node, *models: str) -> dict[str, str]:
