@@ -34,6 +34,7 @@ from harness.errors import HarnessError
 from harness.gpu import Drain, GpuMemory, GpuProcess, GpuReadError, NvidiaSmi, SimGpu
 from harness.nodes import ContainerBase, Node, _find_pid_files
 from harness.settings import Settings
+from harness.waiting import Cancel
 
 log = logging.getLogger(__name__)
 
