@@ -1,0 +1,211 @@
+"""Server readiness on real processes (bash, on this host): ready means the rules were met AND
+the process the harness started is still there; a death is reported at once, not at the timeout.
+
+No fixed ports, no Docker: each server is a short bash script started through `HostNode.spawn`
+exactly as the harness starts engines; every group is SIGKILLed at the end of its test.
+"""
+from __future__ import annotations
+
+import http.server
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import NotReady, ServerExited
+from harness.hosts import LocalHost
+from harness.nodes import HostNode, local_group_alive
+from harness.servers import (SGLANG_READY, AnyOf, HttpOk, LogLines, Server, log_line,
+                             sglang_ready, start_all)
+from tests.simproc import free_port, wait_for
+
+READY = "READY-LINE"
+# Far above any detection delay below: a test that hits it has found a missed death.
+LONG_S = 30.0
+# A death must be reported within this (the alive check runs every second; a loaded machine).
+REPORTED_S = 15.0
+
+
+@pytest.fixture
+def node(tmp_path):
+    return HostNode(LocalHost("local", "127.0.0.1"), tmp_path)
+
+
+@pytest.fixture
+def servers():
+    started: list[Server] = []
+    yield started
+    for server in started:
+        if server.proc is not None:
+            try:
+                os.killpg(server.proc.pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def make(node, servers, name: str, script: str, rules) -> Server:
+    server = Server(name, node, ["bash", "-c", script], "case",
+                    node.layout.case_logs("case") / f"{name}.log", rules)
+    servers.append(server)
+    return server
+
+
+def log_text(server: Server) -> str:
+    path = Path(str(server.node.on_host(server.log)))
+    return path.read_text() if path.exists() else ""
+
+
+def timed(call) -> float:
+    start = time.monotonic()
+    call()
+    return time.monotonic() - start
+
+
+def test_ready_once_the_line_appears(node, servers):
+    server = make(node, servers, "s", f"sleep 0.3; echo '{READY}'; exec sleep 60",
+                  [log_line(READY, LONG_S)])
+    assert timed(lambda: server.start().wait_ready()) < REPORTED_S
+    assert local_group_alive(server.proc.pgid)
+    server.stop(5)
+    assert server.proc is None
+
+
+def test_exit_before_ready_is_reported_at_once_with_its_status_and_log(node, servers):
+    server = make(node, servers, "decode", "echo starting; echo 'CUDA out of memory' >&2; exit 3",
+                  [log_line(READY, LONG_S)])
+    server.start()
+    start = time.monotonic()
+    with pytest.raises(ServerExited) as err:
+        server.wait_ready()
+    assert time.monotonic() - start < REPORTED_S
+    assert "status 3" in str(err.value) and READY in str(err.value)
+    assert "CUDA out of memory" in err.value.log_tail
+    assert err.value.server == "decode" and err.value.host == "local"
+
+
+def test_a_group_killed_while_waiting_fails_readiness(node, servers):
+    """SIGKILL takes the spawn wrapper too, so no exit status is written: only the liveness
+    check can see it."""
+    server = make(node, servers, "prefill", "echo starting; exec sleep 60",
+                  [log_line(READY, LONG_S)])
+    server.start()
+    assert wait_for(lambda: "starting" in log_text(server), 10)
+    killer = threading.Timer(0.5, os.killpg, (server.proc.pgid, signal.SIGKILL))
+    killer.start()
+    start = time.monotonic()
+    try:
+        with pytest.raises(ServerExited) as err:
+            server.wait_ready()
+    finally:
+        killer.cancel()
+    assert time.monotonic() - start < REPORTED_S
+    assert "prefill" in str(err.value)
+    assert not Path(str(node.on_host(server.proc.exit_file))).exists()
+
+
+def test_rules_met_by_a_dead_process_are_not_ready(node, servers):
+    """The ready line is in the log but the process that wrote it is gone: not ready."""
+    server = make(node, servers, "s", f"echo '{READY}'; exec sleep 60",
+                  [log_line(READY, LONG_S)])
+    server.start()
+    assert wait_for(lambda: READY in log_text(server), 10)
+    os.killpg(server.proc.pgid, signal.SIGKILL)
+    assert wait_for(lambda: not local_group_alive(server.proc.pgid), 10)
+    with pytest.raises(ServerExited):
+        server.wait_ready()
+
+
+def test_a_hang_times_out_naming_what_was_awaited(node, servers):
+    server = make(node, servers, "s", "echo 'loading weights'; exec sleep 60",
+                  [log_line("never printed", 0.5)])
+    server.start()
+    with pytest.raises(NotReady) as err:
+        server.wait_ready()
+    assert 0.5 <= err.value.waited_s < REPORTED_S
+    assert "never printed" in err.value.awaited and "never printed" in str(err.value)
+    assert "loading weights" in err.value.log_tail
+
+
+def test_a_line_needed_twice_is_not_enough_once(node, servers):
+    twice = LogLines(((r"worker \d ok", 2),), 1.0)
+    once = make(node, servers, "once", "echo 'worker 1 ok'; exec sleep 60", [twice])
+    with pytest.raises(NotReady):
+        once.start().wait_ready()
+    both = make(node, servers, "both", "echo 'worker 1 ok'; echo 'worker 2 ok'; exec sleep 60",
+                [twice])
+    both.start().wait_ready()
+
+
+def test_rules_are_met_in_order(node, servers):
+    server = make(node, servers, "s", f"echo '{READY}'; exec sleep 60",
+                  [log_line(READY, LONG_S), log_line("second rule", 0.5)])
+    with pytest.raises(NotReady) as err:
+        server.start().wait_ready()
+    assert "second rule" in err.value.awaited
+
+
+class _Status:
+    code = 503
+
+
+@pytest.fixture
+def http_status():
+    """A local HTTP endpoint answering `http_status.code` (on a free port)."""
+    state = _Status()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(state.code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    state.url = f"http://127.0.0.1:{httpd.server_address[1]}/health"
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_http_rule_needs_a_200(node, servers, http_status):
+    server = make(node, servers, "s", "exec sleep 60", [HttpOk(http_status.url, 0.5)])
+    with pytest.raises(NotReady) as err:
+        server.start().wait_ready()
+    assert "HTTP 503" in str(err.value) and http_status.url in err.value.awaited
+    http_status.code = 200
+    server.wait_ready()
+
+
+def test_any_of_is_met_by_either_rule(node, servers, http_status):
+    rule = AnyOf((log_line("never printed", 5), HttpOk(http_status.url, 5)), 0.5)
+    server = make(node, servers, "s", "exec sleep 60", [rule])
+    with pytest.raises(NotReady):
+        server.start().wait_ready()
+    http_status.code = 200
+    server.wait_ready()
+    by_line = make(node, servers, "t", "echo 'never printed'; exec sleep 60",
+                   [AnyOf((log_line("never printed", 5), HttpOk("http://127.0.0.1:9/x", 5)),
+                          LONG_S)])
+    by_line.start().wait_ready()
+
+
+def test_sglang_rules_are_the_ready_line_then_health(http_status):
+    first, second = sglang_ready("127.0.0.1", 30000, 240, 120)
+    assert SGLANG_READY in first.describe() and first.timeout_s == 240
+    assert second.url == "http://127.0.0.1:30000/health" and second.timeout_s == 120
+
+
+def test_start_all_reports_a_death_without_waiting_for_the_slow_one(node, servers):
+    slow = make(node, servers, "slow", "exec sleep 60", [log_line(READY, LONG_S)])
+    dies = make(node, servers, "dies", "sleep 0.3; exit 1", [log_line(READY, LONG_S)])
+    start = time.monotonic()
+    with pytest.raises(ServerExited) as err:
+        start_all([slow, dies])
+    assert time.monotonic() - start < REPORTED_S
+    assert "dies" in str(err.value) and "status 1" in str(err.value)

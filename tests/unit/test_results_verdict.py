@@ -1,0 +1,205 @@
+"""The verdict files CI reads (SPEC §4), checked the way tone-cli reads them.
+
+`test_results.json` must be one line in the old scripts' exact format and must never be seen
+half-written: a reader racing the writer sees the old file or the whole new one. The run summary
+says `passed` only when every case passed and there was at least one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import results
+from harness.layout import Layout
+from harness.results import CaseResult, Status
+
+SPEC_LINE = re.compile(r'\{"test_case": "(?P<case>[^"]+)", "status": "(?P<status>Pass|Fail)", '
+                       r'"timestamp": "(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\}\n')
+
+
+def results_file(root: Path, case: str) -> Path:
+    return root / "run" / "logs" / case / "test_results.json"
+
+
+def test_results_file_is_the_old_scripts_one_line(tmp_path):
+    layout = Layout.at(tmp_path)
+    results.write_case_result(layout, CaseResult("test_a", Status.PASS, reason="fine"))
+    results.write_case_result(layout, CaseResult("test_b", Status.FAIL, reason="boom"))
+    for case, status in (("test_a", "Pass"), ("test_b", "Fail")):
+        text = results_file(tmp_path, case).read_text()
+        match = SPEC_LINE.fullmatch(text)
+        assert match, text
+        assert match["case"] == case and match["status"] == status
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
+    ended = 1765198220.0  # 2025-12-08T12:50:20Z
+    result = CaseResult("test_a", Status.PASS, started=ended - 3600)
+    result.ended = ended
+    results.write_case_result(Layout.at(tmp_path), result)
+    match = SPEC_LINE.fullmatch(results_file(tmp_path, "test_a").read_text())
+    assert match and match["ts"] == "2025-12-08T12:50:20Z"
+    summary = json.loads((tmp_path / "run/logs/test_a/case_summary.json").read_text())
+    assert summary["started"] == "2025-12-08T11:50:20Z"
+
+
+def test_utc_timestamp_format():
+    assert results.utc_timestamp(0) == "1970-01-01T00:00:00Z"
+    assert results.utc_timestamp(1765198220.9) == "2025-12-08T12:50:20Z"
+    now = results.utc_timestamp()
+    assert abs(time.mktime(time.strptime(now, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
+        time.gmtime())) < 5
+
+
+def test_case_summary_carries_the_detail_test_results_must_not(tmp_path):
+    result = CaseResult("test_a", Status.FAIL, reason="decode crashed\nline 2", step="start",
+                        host="remote", server="decode", duration_s=12.34567,
+                        models={"m": "Fail"}, cleanup_errors=["x left"], log_tail="tail")
+    with result.timed("start"):
+        pass
+    results.write_case_result(Layout.at(tmp_path), result)
+    summary = json.loads((tmp_path / "run/logs/test_a/case_summary.json").read_text())
+    assert summary["case"] == "test_a" and summary["status"] == "Fail"
+    assert summary["reason"] == "decode crashed\nline 2"
+    assert (summary["step"], summary["host"], summary["server"]) == ("start", "remote", "decode")
+    assert summary["duration_s"] == 12.346
+    assert summary["models"] == {"m": "Fail"} and summary["cleanup_errors"] == ["x left"]
+    assert "start" in summary["steps_s"] and summary["log_tail"] == "tail"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", summary["started"])
+    line = json.loads(results_file(tmp_path, "test_a").read_text())
+    assert set(line) == {"test_case", "status", "timestamp"}
+
+
+def test_timed_adds_up_and_records_a_step_that_raised():
+    result = CaseResult("c")
+    with result.timed("prep"):
+        time.sleep(0.02)
+    with pytest.raises(RuntimeError):
+        with result.timed("prep"):
+            time.sleep(0.02)
+            raise RuntimeError("x")
+    assert 0.04 <= result.steps_s["prep"] < 5
+
+
+def test_a_case_is_fail_unless_it_says_pass():
+    assert CaseResult("c").status is Status.FAIL and not CaseResult("c").passed
+    assert CaseResult("c", Status.PASS).passed
+
+
+# --- atomicity -----------------------------------------------------------------------------------
+def test_the_target_only_ever_changes_by_renaming_a_complete_file(tmp_path, monkeypatch):
+    """Every rename onto test_results.json brings the whole new line from the same directory,
+    and until that rename the old file is whole: there is no moment with a part of a file."""
+    layout = Layout.at(tmp_path)
+    target = results_file(tmp_path, "test_a")
+    results.write_case_result(layout, CaseResult("test_a", Status.FAIL))
+    old = target.read_text()
+    seen = []
+    real_replace, real_rename = os.replace, os.rename
+
+    def spy(real):
+        def move(src, dst, *args, **kwargs):
+            if Path(dst) == target:
+                seen.append((Path(src), target.read_text(), Path(src).read_text()))
+            return real(src, dst, *args, **kwargs)
+        return move
+
+    monkeypatch.setattr(os, "replace", spy(real_replace))
+    monkeypatch.setattr(os, "rename", spy(real_rename))
+    results.write_case_result(layout, CaseResult("test_a", Status.PASS))
+    assert len(seen) == 1, "test_results.json was not written by one rename of a complete file"
+    src, before, incoming = seen[0]
+    assert before == old
+    assert src.parent == target.parent and src != target
+    assert SPEC_LINE.fullmatch(incoming) and '"Pass"' in incoming
+    assert target.read_text() == incoming
+
+
+def test_a_reader_racing_the_writer_never_sees_a_partial_file(tmp_path):
+    """tone-cli may read while the harness rewrites: hammer the file from another thread."""
+    layout = Layout.at(tmp_path)
+    target = results_file(tmp_path, "test_a")
+    results.write_case_result(layout, CaseResult("test_a", Status.FAIL))
+    bad: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                text = target.read_text()
+            except FileNotFoundError:
+                bad.append("<missing>")
+                continue
+            reads += 1
+            if not SPEC_LINE.fullmatch(text):
+                bad.append(text)
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    try:
+        for i in range(150):
+            status = Status.PASS if i % 2 else Status.FAIL
+            results.write_case_result(layout, CaseResult("test_a", status, reason="x" * 4000))
+            if bad or time.monotonic() > deadline:
+                break
+    finally:
+        stop.set()
+        thread.join(5)
+    assert not bad, f"a reader saw {len(bad)} partial/missing files, e.g. {bad[0]!r}"
+    assert reads > 0
+
+
+def test_write_json_atomic_replaces_the_old_content_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "deep" / "er" / "x.json"
+    results.write_json_atomic(path, {"a": 1})
+    results.write_json_atomic(path, {"b": [1, 2]})
+    assert json.loads(path.read_text()) == {"b": [1, 2]}
+    assert path.read_text().endswith("\n")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
+
+
+# --- the run summary -----------------------------------------------------------------------------
+def run_summary(tmp_path: Path, cases: list[CaseResult]) -> dict:
+    results.write_run_summary(Layout.at(tmp_path), cases, group="SGLANG", pr_id="1234",
+                              prep_s={"local:wheel": 1.23456}, duration_s=9.87654)
+    return json.loads((tmp_path / "run/logs/run_summary.json").read_text())
+
+
+def test_run_summary_passes_only_when_every_case_passed(tmp_path):
+    ok = run_summary(tmp_path, [CaseResult("a", Status.PASS), CaseResult("b", Status.PASS)])
+    assert ok["passed"] is True
+    assert ok["group"] == "SGLANG" and ok["pr_id"] == "1234"
+    assert ok["duration_s"] == 9.877 and ok["prep_s"] == {"local:wheel": 1.23456}
+    assert [c["case"] for c in ok["cases"]] == ["a", "b"]
+    assert [c["status"] for c in ok["cases"]] == ["Pass", "Pass"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok["finished"])
+    one_failed = run_summary(tmp_path, [CaseResult("a", Status.PASS), CaseResult("b")])
+    assert one_failed["passed"] is False
+    assert run_summary(tmp_path, [])["passed"] is False  # nothing ran: not a pass
+
+
+def test_summary_table_lines_up_and_shows_the_first_line_of_a_reason():
+    rows = [CaseResult("a", Status.PASS, duration_s=1.25),
+            CaseResult("a_longer_case", Status.FAIL, reason="boom\nmore", duration_s=3),
+            CaseResult("c", Status.FAIL, reason="r" * 300, duration_s=0.04)]
+    lines = results.summary_table(rows).splitlines()
+    assert len(lines) == 4
+    assert lines[0].split() == ["case", "status", "duration", "reason"]
+    assert lines[1].split() == ["a", "Pass", "1.2s"]
+    assert lines[2].split() == ["a_longer_case", "Fail", "3.0s", "boom"]
+    assert lines[3].split()[:3] == ["c", "Fail", "0.0s"] and len(lines[3].split()[3]) == 160
+    # columns: each cell starts where its header starts
+    for name in ("status", "duration", "reason"):
+        column = lines[0].index(name)
+        assert lines[2][column - 2:column] == "  " and lines[2][column] != " "
+    assert all(line == line.rstrip() for line in lines)
