@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from harness import cases as case_registry
+from harness import redaction
 from harness.errors import HarnessError, SettingsError
 from harness.layout import Layout
 from harness.results import CaseResult, write_case_result
@@ -38,17 +39,19 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def configure_logging(layout: Layout) -> None:
-    """Console for people (progress lines), run/logs/harness.log for the record."""
+    """Console for people (progress lines), run/logs/harness.log for the record; both pass
+    every record through the secret filter (the token never reaches either)."""
     root = logging.getLogger()
     root.setLevel(logging.DEBUG)
     console = logging.StreamHandler(sys.stderr)
     console.setLevel(logging.INFO)
     console.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    root.addHandler(console)
     Path(layout.logs).mkdir(parents=True, exist_ok=True)
     record = logging.FileHandler(Path(layout.logs) / "harness.log", mode="w")
     record.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(record)
+    for handler in (console, record):
+        handler.addFilter(redaction.SecretFilter())
+        root.addHandler(handler)
     for noisy in ("urllib3", "docker", "paramiko"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -76,7 +79,24 @@ def list_cases() -> str:
     return "\n".join(lines)
 
 
+def check_run_dir(layout: Layout) -> None:
+    """run/ and run/logs must be directories this process can write: else one line now, rather
+    than a traceback from the first log or result file."""
+    probe = Path(layout.logs) / f".write-probe-{os.getpid()}"
+    try:
+        Path(layout.logs).mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise SettingsError(f"cannot write the run directory {layout.logs}: {why} "
+                            f"({exc.filename or layout.logs})",
+                            hint=f"make {layout.run} a writable directory, or remove what "
+                                 "is in the way") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    redaction.remember_environ()
     args = _parser().parse_args(argv)
     if args.command == "list":
         print(list_cases())
@@ -85,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     layout = Layout.at(PROJECT_ROOT)
+    asked: list[str] = []
     try:
         if args.command == "single":
             if not args.case:
@@ -102,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             asked, label = [c.name for c in cases], args.group.upper()
         environ = {**os.environ, **DEMO_SETTINGS} if args.command == "demo" else os.environ
         settings = Settings.from_env(environ)
+        check_run_dir(layout)
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        _fail_asked(layout, asked, str(exc))
+        print(redaction.scrub(f"error: {exc}"), file=sys.stderr)
+        _fail_asked(layout, asked, redaction.scrub(str(exc)))
         return EXIT_BAD_INPUT
     configure_logging(layout)
     from harness.runner import run_cases
@@ -118,12 +140,19 @@ def _fail_asked(layout: Layout, names: list[str], reason: str) -> None:
         for suffix in (".sh", ".py"):
             bare = bare.removesuffix(suffix)
         if _SAFE_NAME.match(bare):
-            write_case_result(layout, CaseResult(bare, reason=reason))
+            try:
+                write_case_result(layout, CaseResult(bare, reason=reason))
+            except OSError:  # an unwritable run dir: the one line on stderr says so
+                return
 
 
 def run() -> None:
     try:
         sys.exit(main())
     except HarnessError as exc:  # an error outside a run (the runner maps those inside it)
-        print(f"error: {exc}", file=sys.stderr)
+        print(redaction.scrub(f"error: {exc}"), file=sys.stderr)
+        sys.exit(1)
+    except OSError as exc:  # the run tree became unwritable mid-run (disk full, removed)
+        print(redaction.scrub(f"error: {exc.strerror or exc}: {exc.filename or ''}"),
+              file=sys.stderr)
         sys.exit(1)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from harness.errors import CommandFailed
+from harness.errors import CommandFailed, HarnessError
+from harness.redaction import child_environ
 from harness.sync_tree import build_tarball, check_wipeable
 
 
@@ -39,15 +40,17 @@ class LocalHost:
     def run(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
             timeout: float | None = None, cwd: object = None, check: bool = True) -> Completed:
         """Run argv to completion; stdout and stderr together. Raises CommandFailed on non-zero."""
-        full_env = {**os.environ, **env} if env else None
+        full_env = child_environ(env)   # never the GitHub token, whatever runs
         try:
             proc = subprocess.run(list(argv), env=full_env, cwd=str(cwd) if cwd else None,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=timeout, text=True,
                                   errors="replace")
         except subprocess.TimeoutExpired as exc:
-            out = exc.output.decode(errors="replace") if isinstance(exc.output, bytes) else ""
-            raise CommandFailed(argv, None, out or "", host=self.name) from None
+            out = exc.output or ""
+            if isinstance(out, bytes):
+                out = out.decode(errors="replace")
+            raise CommandFailed(argv, None, out, host=self.name) from None
         except FileNotFoundError as exc:
             raise CommandFailed(argv, 127, str(exc), host=self.name) from None
         done = Completed(list(argv), proc.returncode, proc.stdout)
@@ -130,17 +133,27 @@ class LocalHost:
                      extra_files: Mapping[str, str | bytes] | None = None) -> list[str]:
         """Make remote_dir a copy of the project tree, exactly as the SSH host does (the demo's
         second node lives on this machine): wiped first, the same files left out."""
-        target = Path(check_wipeable(str(remote_dir)))
+        check_wipeable(str(remote_dir))
+        target = Path(check_wipeable(os.path.realpath(str(remote_dir)), Path.home().as_posix()))
+        source = Path(os.path.realpath(str(local_root)))
+        if target == source or target in source.parents or source in target.parents:
+            raise HarnessError(f"refusing to wipe {remote_dir}: the project tree {source} is "
+                               "there; REMOTE_TEST_DIR must be a directory of its own",
+                               step="sync-project", host=self.name)
         with tempfile.TemporaryDirectory(prefix="harness-sync-") as tmp:
             tarball = Path(tmp) / "project.tar"
-            members = build_tarball(Path(str(local_root)), tarball, extra_files)
-            self.remove(target)
-            target.mkdir(parents=True)
-            with tarfile.open(tarball) as tar:
-                try:
-                    tar.extractall(target, filter="data")
-                except TypeError:  # Pythons before the extraction filters (3.10.11 and older)
-                    tar.extractall(target)
+            members = build_tarball(source, tarball, extra_files)
+            try:
+                self.remove(target)
+                target.mkdir(parents=True)
+                with tarfile.open(tarball) as tar:
+                    try:
+                        tar.extractall(target, filter="data")
+                    except TypeError:  # Pythons before the extraction filters (3.10.11, older)
+                        tar.extractall(target)
+            except (OSError, tarfile.TarError) as exc:
+                raise HarnessError(f"cannot copy the project to {target}: {exc}",
+                                   step="sync-project", host=self.name) from None
         return members
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ import logging
 import shlex
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Mapping
+from typing import Iterator
 
 import docker.errors
 
@@ -29,6 +29,7 @@ from harness.errors import CommandFailed, DockerError, HarnessError
 from harness.layout import Layout
 from harness.nodes import Node
 from harness.settings import ImagePull, Runtime, Settings, read_shrc, write_shrc
+from harness.wheel import reusable_wheel
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,6 @@ STEP_PULL_IMAGE = "pull-image"
 STEP_START_CONTAINER = "start-container"
 STEP_INSTALL_ERDMA = "install-erdma"
 STEP_PIP_INSTALL = "pip-install"
-
-WHEEL_GLOB = "mooncake*.whl"
 
 ERDMA_CODENAMES = ("noble", "jammy")
 ERDMA_DEFAULT_CODENAME = "jammy"
@@ -73,41 +72,37 @@ def at_step(step: str, host: str) -> Iterator[None]:
 
 
 # --- 1. run dir and settings -------------------------------------------------------------------
-def wheel_is_current(settings: Settings, old_shrc: Mapping[str, str] | None,
-                     wheels: list[str]) -> bool:
-    """True when the old `.shrc` records this ARTIFACT_ID and its one wheel is there.
-
-    Only for the artifact source: with MOONCAKE_WHEEL set (now or then) the wheel is taken again.
-    """
-    if not settings.artifact_id or settings.mooncake_wheel or old_shrc is None:
-        return False
-    return (old_shrc.get("ARTIFACT_ID") == settings.artifact_id
-            and not old_shrc.get("MOONCAKE_WHEEL")
-            and len(wheels) == 1)
+def wheel_is_current(settings: Settings, whl_dir: Path) -> bool:
+    """True when the wheel in `whl_dir` is this run's artifact: the stamp a successful fetch
+    wrote there names the same artifact (API, GIT_REPO, ARTIFACT_ID) and the wheel still has
+    the recorded sha256. `.shrc` alone is not trusted: a run that failed before its fetch
+    records its ARTIFACT_ID there too. With MOONCAKE_WHEEL set the wheel is taken again."""
+    return reusable_wheel(settings, whl_dir) is not None
 
 
 def prepare_run_dir(settings: Settings, host, layout: Layout) -> bool:
     """Create run/, run/logs, run/pids, run/whls and write run/.shrc (local host's disk).
 
-    Returns True when the wheel download can be skipped: the old `.shrc` records the same
-    non-empty ARTIFACT_ID and one `mooncake*.whl` is in run/whls.
+    Returns True when the wheel download can be skipped (`wheel_is_current`). A `.shrc` that
+    is there but malformed is refused, so a person sees what was edited by hand.
     """
     starting(STEP_RUN_DIR, host.name, f"{layout.run} and {layout.shrc.name}")
     shrc = Path(str(layout.shrc))
     with at_step(STEP_RUN_DIR, host.name):
-        old = read_shrc(shrc) if shrc.is_file() else None
+        if shrc.is_file():
+            read_shrc(shrc)
     try:
         for path in (layout.run, layout.logs, layout.pids, layout.whls):
             host.mkdir(path)
-        wheels = sorted(p.name for p in Path(str(layout.whls)).glob(WHEEL_GLOB) if p.is_file())
         write_shrc(shrc, settings, layout.path_entries())
     except OSError as exc:
         raise HarnessError(f"cannot prepare {layout.run}: {exc}", step=STEP_RUN_DIR,
                            host=host.name) from None
-    current = wheel_is_current(settings, old, wheels)
+    current = wheel_is_current(settings, Path(str(layout.whls)))
     if current:
         skipped(STEP_GET_WHEEL, host.name,
-                f"artifact {settings.artifact_id} already in {layout.whls}: {wheels[0]}")
+                f"artifact {settings.artifact_id} already in {layout.whls} (its stamp and "
+                "sha256 match)")
     return current
 
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
+import re
 import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness import redaction
 from harness.errors import SettingsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +50,7 @@ def _s(env: str, default: Any, help: str, *, secret: bool = False,
     meta = {"env": env, "help": help, "secret": secret, "aliases": aliases}
     if isinstance(default, (list, tuple)):
         return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata=meta, repr=not secret)  # a secret never in repr()
 
 
 @dataclass(frozen=True)
@@ -69,9 +72,12 @@ class Settings:
         "USE_MODELSCOPE", False,
         "pass SGLANG_USE_MODELSCOPE=true; different_tp then skips its offline-cache decision")
     remote_test_dir: str = _s("REMOTE_TEST_DIR", "/tmp/Mooncake_tone/mooncake_ci_test",
-                              "where the project lives on the remote host")
-    local_ip: str = _s("LOCAL_IP", "", "address of the local host; required by double cases")
-    remote_ip: str = _s("REMOTE_IP", "", "address of the remote host; required by double cases")
+                              "where the project lives on the remote host (wiped by each run: "
+                              "absolute, not a system or home directory)")
+    local_ip: str = _s("LOCAL_IP", "", "address of the local host (IPv4 or host name; IPv6 "
+                       "is refused); required by double cases")
+    remote_ip: str = _s("REMOTE_IP", "", "address of the remote host (IPv4 or host name; IPv6 "
+                        "is refused); required by double cases")
     artifact_id: str = _s("ARTIFACT_ID", "",
                           "GitHub Actions artifact id that holds the Mooncake wheel")
     git_repo: str = _s("GIT_REPO", "", "repository (owner/name) of the artifact")
@@ -103,7 +109,7 @@ class Settings:
     remote_container_name: str = _s("REMOTE_CONTAINER_NAME", "",
                                     "container name on the remote host (default CONTAINER_NAME)")
     remote_user: str = _s("REMOTE_USER", "root", "SSH user on the remote host")
-    remote_ssh_port: int = _s("REMOTE_SSH_PORT", 22, "SSH port of the remote host")
+    remote_ssh_port: int = _s("REMOTE_SSH_PORT", 22, "SSH port of the remote host (1-65535)")
     remote_ssh_key: str = _s("REMOTE_SSH_KEY", "", "SSH private key (default: agent/default keys)")
     ssh_host_key_policy: HostKeyPolicy = _s("SSH_HOST_KEY_POLICY", HostKeyPolicy.ACCEPT_NEW,
                                             "strict, accept-new or ignore")
@@ -122,11 +128,11 @@ class Settings:
         "ssh: the remote host over SSH; local: a second node on this machine (the demo)")
     harness_sim: bool = _s("HARNESS_SIM", False, "true: the engines are the simulator (sim/)")
     sim_startup_s: float = _s("HARNESS_SIM_STARTUP_S", 0.5,
-                              "seconds before a simulated engine is ready")
+                              "seconds before a simulated engine is ready (>= 0)")
     sim_vllm_version: str = _s("HARNESS_SIM_VLLM_VERSION", "0.17.0",
                                "vLLM version the simulator reports")
     sim_faults: str = _s("HARNESS_SIM_FAULTS", "", "comma list of component:fault (sim only)")
-    # --- timeouts ---------------------------------------------------------------------------
+    # --- timeouts (seconds; each a finite number > 0) ----------------------------------------
     timeout_server_ready_s: float = _s("TIMEOUT_SERVER_READY_S", 240.0,
                                        "wait for a server's ready line")
     timeout_health_s: float = _s("TIMEOUT_HEALTH_S", 120.0, "wait for a server's health 200")
@@ -149,6 +155,8 @@ class Settings:
                 raw = environ.get(name)
                 if raw is not None and raw != "":
                     values[f.name] = _parse(f, name, raw)
+                    if f.metadata["secret"]:
+                        redaction.remember(raw)
                     break
         values.update(overrides)
         settings = cls(**values)
@@ -156,11 +164,27 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Refuse values that would misbehave later (a `nan` deadline never passes, port 99999
+        fails deep inside a connect, REMOTE_TEST_DIR=/usr/lib would be wiped): one line each."""
         if self.harness_sim and self.sim_faults:
             from harness import simknobs
-            simknobs.check_faults(self.sim_faults)
-        if self.sim_startup_s < 0:
-            raise SettingsError("HARNESS_SIM_STARTUP_S must be >= 0")
+            simknobs.check_faults(self.sim_faults, self.sim_vllm_version)
+        for f in fields(self):
+            if f.metadata["env"].startswith("TIMEOUT_"):
+                _require_seconds(f.metadata["env"], getattr(self, f.name), minimum_ok=False)
+        _require_seconds("HARNESS_SIM_STARTUP_S", self.sim_startup_s, minimum_ok=True)
+        if not 1 <= self.remote_ssh_port <= 65535:
+            raise SettingsError(f"bad value for REMOTE_SSH_PORT: {self.remote_ssh_port} "
+                                "(accepted: a TCP port, 1-65535)")
+        for name, address in (("LOCAL_IP", self.local_ip), ("REMOTE_IP", self.remote_ip)):
+            _require_address(name, address)
+        from harness.sync_tree import wipe_refusal
+        refusal = wipe_refusal(self.remote_test_dir)
+        if refusal:
+            raise SettingsError(f"bad value for REMOTE_TEST_DIR: {self.remote_test_dir!r} "
+                                f"({refusal}); each run wipes it on the remote host",
+                                hint="use a directory of its own, e.g. "
+                                     "/tmp/Mooncake_tone/mooncake_ci_test")
 
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
@@ -178,8 +202,51 @@ class Settings:
         for f in fields(self):
             if f.metadata["secret"]:
                 continue
-            out.append((f.metadata["env"], _format(getattr(self, f.name))))
+            value = _format(getattr(self, f.name))
+            out.append((f.metadata["env"], _shown(value)))
         return out
+
+    def __repr__(self) -> str:
+        """Every setting but the secret ones, URL credentials masked (a repr lands in logs)."""
+        def value(f: dataclasses.Field) -> Any:
+            raw = getattr(self, f.name)
+            return _shown(raw) if isinstance(raw, str) else raw
+        shown = ", ".join(f"{f.name}={value(f)!r}" for f in fields(self)
+                          if not f.metadata["secret"])
+        return f"Settings({shown})"
+
+
+def _shown(value: str) -> str:
+    """A setting's value fit to be written or printed: credentials inside URLs (MOONCAKE_WHEEL,
+    an index URL) and any remembered secret masked."""
+    value = re.sub(r"(?i)https?://\S+",
+                   lambda m: redaction.url_without_credentials(m.group(0)), value)
+    return redaction.scrub(value)
+
+
+def _require_seconds(name: str, value: float, *, minimum_ok: bool) -> None:
+    """A duration: finite, and > 0 (or >= 0 where zero means 'at once')."""
+    if math.isfinite(value) and (value > 0 or (minimum_ok and value == 0)):
+        return
+    accepted = "a finite number >= 0" if minimum_ok else "a finite number > 0"
+    raise SettingsError(f"bad value for {name}: {value!r} (accepted: {accepted}, in seconds)")
+
+
+# Host names and IPv4 addresses; what servers bind and what URLs are built from.
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _require_address(name: str, value: str) -> None:
+    """IPv4 or a host name. IPv6 is refused: the URLs the cases, the readiness checks and the
+    simulator build put the address in unbracketed (`http://ADDR:PORT`)."""
+    if not value:
+        return
+    if ":" in value or value.startswith("["):
+        raise SettingsError(f"bad value for {name}: {value!r} (IPv6 addresses are not "
+                            "supported; accepted: an IPv4 address or a host name)")
+    if not _HOST_NAME.match(value):
+        raise SettingsError(f"bad value for {name}: {value!r} (accepted: an IPv4 address or "
+                            "a host name)")
 
 
 def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:

@@ -37,6 +37,11 @@ TIMEOUT_GRACE_S = 2.0
 REMOTE_KILL_AFTER_S = 5
 EOF_AFTER_EXIT_S = 2.0
 TIMED_OUT_CODES = (124, 137)
+# Every remote command has a deadline: this one where the caller gives none (the longest prep
+# steps, pip and docker pull, give their own).
+DEFAULT_EXEC_TIMEOUT_S = 900.0
+# Most one SFTP request, or the server's answer to a channel request, may take.
+SFTP_TIMEOUT_S = 60.0
 _RAISE = object()
 
 
@@ -63,6 +68,8 @@ class SSHHost(SFTPFiles):
 
     def __init__(self, settings: Settings, address: str, name: str = "remote", *,
                  connect_timeout: float = CONNECT_TIMEOUT_S,
+                 default_timeout: float = DEFAULT_EXEC_TIMEOUT_S,
+                 sftp_timeout: float = SFTP_TIMEOUT_S,
                  client_factory: Callable[[], paramiko.SSHClient] = paramiko.SSHClient) -> None:
         self.name = name
         self.address = address
@@ -73,6 +80,8 @@ class SSHHost(SFTPFiles):
         self.policy = HostKeyPolicy(settings.ssh_host_key_policy)
         self.known_hosts = Path(os.path.expanduser(settings.ssh_known_hosts))
         self.connect_timeout = connect_timeout
+        self.default_timeout = default_timeout
+        self.sftp_timeout = sftp_timeout
         self.connects = 0            # how many connections were opened (one per run is the aim)
         self._client_factory = client_factory
         self._client: paramiko.SSHClient | None = None
@@ -194,6 +203,26 @@ class SSHHost(SFTPFiles):
                                hint="is an SSH server listening on REMOTE_SSH_PORT?")
         return exc
 
+    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        """One SFTP session whose every request times out (paramiko's would wait forever)."""
+        channel = transport.open_session(timeout=self.connect_timeout)
+        try:
+            channel.settimeout(self.sftp_timeout)
+            self._answered_within(self.sftp_timeout, channel,
+                                  lambda: channel.invoke_subsystem("sftp"), "the SFTP request")
+            return paramiko.SFTPClient(channel)
+        except BaseException:
+            channel.close()
+            raise
+
+    def _drop_sftp(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
+                pass
+        self._sftp = None
+
     def _drop(self) -> None:
         for thing in (self._sftp, self._client):
             if thing is not None:
@@ -221,9 +250,11 @@ class SSHHost(SFTPFiles):
         """Run argv to completion remotely; stdout and stderr together. Raises CommandFailed on
         non-zero (with check), on timeout always; SSHError when the connection breaks."""
         argv = [str(a) for a in argv]
-        command = remote_command(argv, env=env, cwd=cwd, timeout=timeout)
+        limit = self.default_timeout if timeout is None else timeout
+        command = remote_command(argv, env=env, cwd=cwd, timeout=limit)
         what = f"`{shlex.join(argv)[:200]}`"
         transport = self._transport()
+        started = time.monotonic()
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -231,15 +262,20 @@ class SSHHost(SFTPFiles):
         try:
             channel.set_combine_stderr(True)
             channel.settimeout(POLL_S)
-            channel.exec_command(command)
+            self._answered_within(self.connect_timeout, channel,
+                                  lambda: channel.exec_command(command), what)
             channel.shutdown_write()          # stdin at EOF, as LocalHost's DEVNULL
-            output, code = self._collect(channel, transport, timeout, what)
+            output, code = self._collect(channel, transport, limit, what)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise self._lost(what, exc) from None
         finally:
             channel.close()
         text = output.decode(errors="replace")
-        if code is None or (timeout is not None and code in TIMED_OUT_CODES):
+        # The remote `timeout` answers 124/137 at the limit; without a limit of the caller's,
+        # such a status is the command's own unless the default limit really passed.
+        timed_out = code in TIMED_OUT_CODES and (
+            timeout is not None or time.monotonic() - started >= limit)
+        if code is None or timed_out:
             raise CommandFailed(argv, None, text, host=self.name)
         done = Completed(argv, code, text)
         if check and not done.ok:
@@ -281,6 +317,28 @@ class SSHHost(SFTPFiles):
             raise self._lost(what)
         return b"".join(chunks), channel.exit_status
 
+    def _answered_within(self, seconds: float, channel: paramiko.Channel,
+                         request: Callable[[], object], what: str) -> None:
+        """Make a channel request (exec, subsystem) that paramiko would wait on forever:
+        the channel is closed when the server has not answered within `seconds`."""
+        unanswered = threading.Event()
+
+        def give_up() -> None:
+            unanswered.set()
+            channel.close()
+        timer = threading.Timer(seconds, give_up)
+        timer.daemon = True
+        timer.start()
+        try:
+            request()
+        except (paramiko.SSHException, EOFError, OSError):
+            if unanswered.is_set():
+                raise self._error(f"{self.target} did not answer {what} within {seconds:g}s",
+                                  hint="the SSH server or the remote host is wedged") from None
+            raise
+        finally:
+            timer.cancel()
+
     @staticmethod
     def _dying(transport: paramiko.Transport) -> bool:
         """After a channel closed without an exit status: did the connection go? (paramiko
@@ -302,8 +360,14 @@ class SSHHost(SFTPFiles):
         with self._sftp_lock:
             try:
                 if self._sftp is None:
-                    self._sftp = paramiko.SFTPClient.from_transport(transport)
+                    self._sftp = self._open_sftp(transport)
                 return func(self._sftp)
+            except socket.timeout:
+                # a late answer would be taken for the next request's: start a new session
+                self._drop_sftp()
+                raise self._error(f"SFTP {op} {path} on {self.target} got no answer within "
+                                  f"{self.sftp_timeout:g}s",
+                                  hint="the remote host or its disk is wedged") from None
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 if self._sftp is None or self._sftp.sock.closed:
                     self._sftp = None            # reopened on the next call

@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Mapping
 
+from harness.errors import HarnessError
 from harness.sync_tree import build_tarball, check_wipeable
 
 log = logging.getLogger("harness.ssh")
@@ -148,10 +149,10 @@ class SFTPFiles:
     def sync_project(self, local_root: object, remote_dir: object,
                      extra_files: Mapping[str, str | bytes] | None = None) -> list[str]:
         """Make remote_dir a copy of the project tree: wiped first, then one tar file uploaded
-        and unpacked there. Leaves out `.git`, caches, venvs, run/logs and run/pids; keeps
-        run/whls. `extra_files` ({relative path: content}, e.g. the rewritten run/.shrc)
+        and unpacked there. Leaves out `.git`, caches, venvs and all of run/ (the wheel goes by
+        its own step). `extra_files` ({relative path: content}, e.g. the rewritten run/.shrc)
         replace the tree's files of the same path. Returns the paths sent."""
-        target = check_wipeable(str(remote_dir))
+        target = self._wipeable_here(str(remote_dir))
         with tempfile.TemporaryDirectory(prefix="harness-sync-") as tmp:
             tarball = Path(tmp) / "project.tar"
             members = build_tarball(Path(str(local_root)), tarball, extra_files)
@@ -165,3 +166,18 @@ class SFTPFiles:
                 self.run(["rm", "-f", "--", remote_tar], check=False, timeout=60)
         log.info("%s: project synced to %s (%d entries)", self.name, target, len(members))
         return members
+
+    def _wipeable_here(self, remote_dir: str) -> str:
+        """`check_wipeable` as the remote host sees the dir: symlinks resolved there, and its
+        user's $HOME (wherever it lives) refused too, before anything is removed."""
+        check_wipeable(remote_dir)
+        done = self.run(["bash", "-c", 'cd ~ && pwd -P && realpath -m -- "$1"', "where",
+                         remote_dir], timeout=60, check=False)
+        lines = done.output.splitlines()
+        if not done.ok or len(lines) < 2:
+            raise HarnessError(f"cannot resolve {remote_dir} on {self.target}: "
+                               f"{done.output.strip()[:200] or f'exit {done.exit_code}'}",
+                               host=self.name)
+        home, resolved = lines[-2].strip(), lines[-1].strip()
+        check_wipeable(resolved, home)
+        return posixpath.normpath(remote_dir)

@@ -13,6 +13,8 @@ PIP_PYTHON_VERSION/PIP_PLATFORM where the container's Python differs from the ha
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import re
@@ -25,19 +27,18 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Literal
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
+from harness import redaction
+from harness.download import CHUNK_BYTES, DOWNLOAD_DEADLINE_S, Downloader
 from harness.errors import WheelError, tail
 from harness.settings import Settings
 
 log = logging.getLogger(__name__)
 
-TRIES = 5
-FIRST_DELAY_S = 2.0  # then 4, 8, 16
-TIMEOUTS_S = (15.0, 120.0)  # connect, and the longest silence while reading
-CHUNK_BYTES = 1 << 20
+STAMP_NAME = ".wheel-source.json"  # what the wheel in run/whls came from, and its sha256
 GH_TIMEOUT_S = 15.0
 PIP_TIMEOUT_S = 900.0
 API_HEADERS = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28"}
@@ -99,6 +100,7 @@ def gh_cli_token(hostname: str) -> str | None:
     if done.returncode != 0 or not done.stdout.strip():
         log.info("no token from the GitHub CLI (gh auth token exited %d)", done.returncode)
         return None
+    redaction.remember(done.stdout.strip())   # masked in logs, kept out of children from now
     return done.stdout.strip()
 
 
@@ -111,6 +113,7 @@ def resolve_token(settings: Settings, *, gh_lookup: GhLookup | None = None,
                        if environ.get(name) == settings.github_token), "GITHUB_TOKEN/GH_TOKEN")
         return Token(settings.github_token, source)
     value = (gh_lookup or gh_cli_token)(gh_hostname(settings.github_api_url))
+    redaction.remember(value)
     return Token(value, "the GitHub CLI login (gh auth token)") if value else None
 
 
@@ -122,7 +125,9 @@ def redact_url(url: str) -> str:
 
 
 def redact(text: str, token: Token | None = None) -> str:
-    """`text` with URLs redacted, query strings dropped and tokens masked."""
+    """`text` with tokens masked (the bare value anywhere, and whatever follows `Bearer ` or
+    `token=`), URLs redacted and query strings dropped."""
+    text = redaction.scrub(text, (token.value,) if token and token.value else ())
     text = re.sub(r"https?://[^\s'\"<>]+", lambda m: redact_url(m.group(0)), text)
     text = re.sub(r"\?[^\s'\"()]+", "?…", text)
     text = re.sub(r"(?i)\b(bearer\s+|token[=:]\s*)[^\s'\"]+", r"\1***", text)
@@ -170,19 +175,28 @@ def find_wheel(whl_dir: Path) -> Path | None:
 
 def fetch_wheel(settings: Settings, whl_dir: Path, *, session: requests.Session | None = None,
                 sleep: Callable[[float], None] = time.sleep,
-                gh_lookup: GhLookup | None = None) -> Path:
-    """Put exactly one Mooncake wheel into `whl_dir` (old wheels removed first); return its path."""
-    whl_dir.mkdir(parents=True, exist_ok=True)
+                gh_lookup: GhLookup | None = None,
+                deadline_s: float = DOWNLOAD_DEADLINE_S) -> Path:
+    """Put exactly one Mooncake wheel into `whl_dir` (old wheels removed first); return its path.
+
+    A download gives up after `deadline_s` in all. Only a fetch that succeeded leaves the stamp
+    that `reusable_wheel` trusts."""
     source = classify_source(settings.mooncake_wheel)
-    if source.kind == "path":
-        wheel = _take_local(Path(source.value), whl_dir)
-    elif source.kind == "pip":
-        _clear(whl_dir)
-        wheel = _pip_download(source.value, whl_dir)
-    else:
-        with contextlib.nullcontext(session) if session else requests.Session() as http:
-            wheel = (_fetch_url(source.value, whl_dir, http, sleep) if source.kind == "url"
-                     else _fetch_artifact(settings, whl_dir, http, sleep, gh_lookup))
+    try:
+        whl_dir.mkdir(parents=True, exist_ok=True)
+        if source.kind == "path":
+            wheel = _take_local(Path(source.value), whl_dir)
+        elif source.kind == "pip":
+            _clear(whl_dir)
+            wheel = _pip_download(source.value, whl_dir)
+        else:
+            with contextlib.nullcontext(session) if session else requests.Session() as http:
+                get = Downloader(http, sleep=sleep, deadline_s=deadline_s)
+                wheel = (_fetch_url(source.value, whl_dir, get) if source.kind == "url"
+                         else _fetch_artifact(settings, whl_dir, get, gh_lookup))
+        write_stamp(whl_dir, settings, wheel)
+    except OSError as exc:  # a full disk, a read-only run/whls: one line, not a traceback
+        raise WheelError(f"cannot put the wheel into {whl_dir}: {redact(str(exc))}") from None
     if not wheel.name.lower().startswith("mooncake"):
         log.warning("the wheel %s is not named mooncake*; Mooncake wheels are named "
                     "mooncake_transfer_engine-...whl", wheel.name)
@@ -216,8 +230,8 @@ def extract_wheel(zip_path: Path, whl_dir: Path, what: str) -> Path:
     return target
 
 
-def _fetch_artifact(settings: Settings, whl_dir: Path, session: requests.Session,
-                    sleep: Callable[[float], None], gh_lookup: GhLookup | None) -> Path:
+def _fetch_artifact(settings: Settings, whl_dir: Path, get: Downloader,
+                    gh_lookup: GhLookup | None) -> Path:
     artifact_id, repo = settings.artifact_id.strip(), settings.git_repo.strip().strip("/")
     if not artifact_id or not repo:
         raise WheelError(MISSING_SOURCE)
@@ -236,14 +250,14 @@ def _fetch_artifact(settings: Settings, whl_dir: Path, session: requests.Session
     log.info("fetching the wheel from %s at %s (%s)", what, redact_url(api),
              f"token from {token.source}" if token else "no token")
     with _temp_file(whl_dir, ".zip") as zip_path:
-        _download(session, url, zip_path, headers, what, sleep,
+        get.fetch(url, zip_path, headers, what,
                   lambda status, detail: artifact_http_error(status, artifact_id, repo, token,
-                                                             detail), token)
+                                                             detail),
+                  lambda text: redact(text, token))
         return extract_wheel(zip_path, whl_dir, what)
 
 
-def _fetch_url(url: str, whl_dir: Path, session: requests.Session,
-               sleep: Callable[[float], None]) -> Path:
+def _fetch_url(url: str, whl_dir: Path, get: Downloader) -> Path:
     shown = redact_url(url)
     name = PurePosixPath(unquote(urlsplit(url).path)).name
     if not name.lower().endswith((".whl", ".zip")):
@@ -251,9 +265,9 @@ def _fetch_url(url: str, whl_dir: Path, session: requests.Session,
     _clear(whl_dir)
     log.info("fetching the wheel from %s", shown)
     with _temp_file(whl_dir, ".download") as download:
-        _download(session, url, download, {}, shown, sleep, lambda status, detail: WheelError(
+        get.fetch(url, download, {}, shown, lambda status, detail: WheelError(
             f"HTTP {status} downloading MOONCAKE_WHEEL {shown}"
-            + (f" ({redact(detail)})" if detail else "")), None)
+            + (f" ({redact(detail)})" if detail else "")), redact)
         if name.lower().endswith(".zip"):
             return extract_wheel(download, whl_dir, shown)
         if not zipfile.is_zipfile(download):
@@ -262,66 +276,56 @@ def _fetch_url(url: str, whl_dir: Path, session: requests.Session,
     return whl_dir / name
 
 
-def _download(session: requests.Session, url: str, dest: Path, headers: dict[str, str],
-              what: str, sleep: Callable[[float], None],
-              http_error: Callable[[int, str], WheelError], token: Token | None) -> None:
-    """GET `url` into `dest`, redirects followed; retry network errors and 5xx with back-off."""
-    delay = FIRST_DELAY_S
-    for attempt in range(1, TRIES + 1):
-        try:
-            with _get_following_redirect(session, url, headers) as response:
-                if response.status_code == 200:
-                    _save(response, dest)
-                    return
-                detail = _server_message(response)
-                if response.status_code < 500:
-                    raise http_error(response.status_code, detail)
-                problem = f"HTTP {response.status_code}" + (f" ({detail})" if detail else "")
-        except (requests.ConnectionError, requests.Timeout,
-                requests.exceptions.ChunkedEncodingError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        except requests.RequestException as exc:  # a bad URL, a redirect loop: retrying won't help
-            raise WheelError(f"cannot download {what}: {redact(str(exc), token)}") from None
-        problem = redact(problem, token)
-        if attempt == TRIES:
-            raise WheelError(f"cannot download {what}: {problem}, after {TRIES} tries") from None
-        log.warning("downloading %s: %s (try %d of %d); retrying in %.0f s",
-                    what, problem, attempt, TRIES, delay)
-        sleep(delay)
-        delay *= 2
+# --- what the wheel in run/whls came from ------------------------------------------------------
+def _origin(settings: Settings) -> dict[str, str]:
+    """Where this run's settings take the wheel from, as the stamp records it (no secrets)."""
+    source = classify_source(settings.mooncake_wheel)
+    if source.kind == "artifact":
+        return {"source": "artifact", "api": settings.github_api_url.rstrip("/"),
+                "repo": settings.git_repo.strip().strip("/"),
+                "artifact_id": settings.artifact_id.strip()}
+    return {"source": source.kind, "value": redaction.url_without_credentials(source.value)}
 
 
-def _get_following_redirect(session: requests.Session, url: str,
-                            headers: dict[str, str]) -> requests.Response:
-    """GET `url`; a redirect is followed without Authorization: its target is a pre-signed URL."""
-    # requests drops the header only when host, port or scheme change; the target may not.
-    response = session.get(url, headers=headers, stream=True, timeout=TIMEOUTS_S,
-                           allow_redirects=False)
-    if not response.is_redirect:
-        return response
-    target = urljoin(url, response.headers["Location"])
-    response.close()
-    plain = {k: v for k, v in headers.items() if k.lower() != "authorization"}
-    return session.get(target, headers=plain, stream=True, timeout=TIMEOUTS_S)
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
-def _save(response: requests.Response, dest: Path) -> None:
-    size = response.headers.get("Content-Length", "")
-    log.info("download started%s", f": {int(size) / 1e6:.1f} MB" if size.isdigit() else "")
-    started, received = time.monotonic(), 0
-    with dest.open("wb") as out:
-        for chunk in response.iter_content(CHUNK_BYTES):
-            out.write(chunk)
-            received += len(chunk)
-    log.info("download done: %.1f MB in %.1f s", received / 1e6, time.monotonic() - started)
-
-
-def _server_message(response: requests.Response) -> str:
-    """GitHub's JSON `message`, else the body's first line, kept short."""
+def write_stamp(whl_dir: Path, settings: Settings, wheel: Path) -> None:
+    """Record, after a fetch succeeded, what the wheel came from and its hash (atomically)."""
+    stamp = {**_origin(settings), "wheel": wheel.name, "sha256": _sha256(wheel)}
     try:
-        return str(response.json().get("message", ""))[:200]
-    except (ValueError, AttributeError):
-        return response.text.strip().partition("\n")[0][:200]
+        with _temp_file(whl_dir, ".json") as part:
+            part.write_text(json.dumps(stamp, indent=1) + "\n")
+            os.replace(part, whl_dir / STAMP_NAME)
+    except OSError as exc:
+        raise WheelError(f"cannot record the wheel's origin in {whl_dir}: {exc}") from None
+
+
+def reusable_wheel(settings: Settings, whl_dir: Path) -> Path | None:
+    """The wheel already in `whl_dir` when it may stand for this run's: only for the artifact
+    source, only when the stamp of a fetch that succeeded names this artifact (API, repository,
+    id) and the wheel still has the hash recorded then. None otherwise (fetch again)."""
+    if settings.mooncake_wheel.strip() or not settings.artifact_id.strip():
+        return None
+    try:
+        stamp = json.loads((whl_dir / STAMP_NAME).read_text())
+        wheel = find_wheel(whl_dir)
+    except (OSError, ValueError, WheelError):
+        return None
+    if not isinstance(stamp, dict) or wheel is None:
+        return None
+    if any(stamp.get(key) != value for key, value in _origin(settings).items()):
+        return None
+    try:
+        same = stamp.get("wheel") == wheel.name and stamp.get("sha256") == _sha256(wheel)
+    except OSError:
+        return None
+    return wheel if same else None
 
 
 def _take_local(path: Path, whl_dir: Path) -> Path:
@@ -357,7 +361,7 @@ def _pip_download(requirement: str, whl_dir: Path) -> Path:
     log.info("fetching the wheel with pip download %s", shown)
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, env=redaction.child_environ())
     except subprocess.TimeoutExpired:
         raise WheelError(f"pip download of {shown!r} did not finish in {PIP_TIMEOUT_S:.0f} s"
                          ) from None
@@ -375,8 +379,9 @@ def _pip_download(requirement: str, whl_dir: Path) -> Path:
 
 
 def _clear(whl_dir: Path, keep: Path | None = None) -> None:
-    """Remove old wheels and leftover partial downloads, sparing `keep` (the source itself)."""
-    for old in [*whl_dir.glob("*.whl"), *whl_dir.glob(_TEMP_PREFIX + "*")]:
+    """Remove old wheels, their stamp and leftover partial downloads, sparing `keep` (the
+    source itself)."""
+    for old in [*whl_dir.glob("*.whl"), *whl_dir.glob(_TEMP_PREFIX + "*"), whl_dir / STAMP_NAME]:
         if old.is_file() and old.resolve() != keep:
             old.unlink()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness import prep
+from harness import prep, wheel
 from harness.errors import CommandFailed, DockerError, SettingsError
 from harness.hosts import Completed, LocalHost
 from harness.layout import CONTAINER_ROOT, Layout
@@ -40,39 +40,63 @@ def test_first_run_dir_writes_shrc_and_does_not_skip(tmp_path):
     assert "s3cret" not in (tmp_path / "run/.shrc").read_text()
 
 
-def test_same_artifact_with_its_wheel_skips_the_download(tmp_path):
+def fetched(tmp_path: Path, content: bytes = b"zip", **env: str) -> Path:
+    """A wheel in run/whls as a successful fetch for `env`'s source leaves it (with its stamp)."""
+    path = tmp_path / "run/whls" / WHEEL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    wheel.write_stamp(path.parent, settings(**env), path)
+    return path
+
+
+def test_same_artifact_with_its_stamped_wheel_skips_the_download(tmp_path):
     host, layout = make_tree(tmp_path)
     prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout)
-    (tmp_path / "run/whls" / WHEEL).write_bytes(b"zip")
-    assert prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout) is True
-    # a different artifact: download again (and the .shrc now records the new one)
-    assert prep.prepare_run_dir(settings(ARTIFACT_ID="43"), host, layout) is False
+    fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    assert prep.prepare_run_dir(settings(ARTIFACT_ID="42", GIT_REPO="o/r"), host, layout)
+    # a different artifact, repository or API: download again
+    assert not prep.prepare_run_dir(settings(ARTIFACT_ID="43", GIT_REPO="o/r"), host, layout)
+    assert not prep.prepare_run_dir(settings(ARTIFACT_ID="42", GIT_REPO="o/x"), host, layout)
+    assert not prep.prepare_run_dir(settings(ARTIFACT_ID="42", GIT_REPO="o/r",
+                                             GITHUB_API_URL="http://127.0.0.1:9"), host, layout)
+
+
+def test_shrc_alone_is_not_trusted(tmp_path):
+    """The issue's case: a run with ARTIFACT_ID=43 failed before its fetch, so .shrc records 43
+    beside the wheel of 42; the next run with 43 must download it, not take 42's wheel."""
+    host, layout = make_tree(tmp_path)
+    fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    prep.prepare_run_dir(settings(ARTIFACT_ID="43", GIT_REPO="o/r"), host, layout)
     assert read_shrc(tmp_path / "run/.shrc")["ARTIFACT_ID"] == "43"
-    assert prep.prepare_run_dir(settings(ARTIFACT_ID="43"), host, layout) is True
+    assert prep.prepare_run_dir(settings(ARTIFACT_ID="43", GIT_REPO="o/r"), host, layout) is False
 
 
-def test_no_skip_without_wheel_or_artifact_or_with_a_wheel_source(tmp_path):
+def test_a_changed_or_unstamped_wheel_is_fetched_again(tmp_path):
     host, layout = make_tree(tmp_path)
-    prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout)
-    assert prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout) is False  # no wheel
-    (tmp_path / "run/whls" / WHEEL).write_bytes(b"zip")
-    prep.prepare_run_dir(settings(), host, layout)
+    same = settings(ARTIFACT_ID="42", GIT_REPO="o/r")
+    path = fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    path.write_bytes(b"zip, but another build")          # the hash no longer matches
+    assert prep.prepare_run_dir(same, host, layout) is False
+    path = fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    (path.parent / wheel.STAMP_NAME).unlink()              # a wheel nobody vouches for
+    assert prep.prepare_run_dir(same, host, layout) is False
+    fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    (path.parent / wheel.STAMP_NAME).write_text("{not json")
+    assert prep.prepare_run_dir(same, host, layout) is False
+    fetched(tmp_path, ARTIFACT_ID="42", GIT_REPO="o/r")
+    (path.parent / "mooncake_other-1-py3-none-any.whl").write_bytes(b"2")  # two wheels
+    assert prep.prepare_run_dir(same, host, layout) is False
+
+
+def test_no_skip_without_artifact_or_with_a_wheel_source(tmp_path):
+    host, layout = make_tree(tmp_path)
+    fetched(tmp_path, ARTIFACT_ID="42")
+    assert prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout) is True
     assert prep.prepare_run_dir(settings(), host, layout) is False   # empty ARTIFACT_ID
-    prep.prepare_run_dir(settings(ARTIFACT_ID="42", MOONCAKE_WHEEL="/w.whl"), host, layout)
+    assert prep.prepare_run_dir(settings(ARTIFACT_ID="42", MOONCAKE_WHEEL="/w.whl"), host,
+                                layout) is False
+    fetched(tmp_path, MOONCAKE_WHEEL=str(tmp_path / "run/whls" / WHEEL))
     assert prep.prepare_run_dir(settings(ARTIFACT_ID="42"), host, layout) is False
-
-
-@pytest.mark.parametrize("old, wheels, expected", [
-    ({"ARTIFACT_ID": "7"}, [WHEEL], True),
-    ({"ARTIFACT_ID": "7", "MOONCAKE_WHEEL": ""}, [WHEEL], True),
-    ({"ARTIFACT_ID": "8"}, [WHEEL], False),
-    ({"ARTIFACT_ID": "7"}, [], False),
-    ({"ARTIFACT_ID": "7"}, [WHEEL, "mooncake_other.whl"], False),
-    ({"ARTIFACT_ID": "7", "MOONCAKE_WHEEL": "x.whl"}, [WHEEL], False),
-    (None, [WHEEL], False),
-])
-def test_wheel_is_current(old, wheels, expected):
-    assert prep.wheel_is_current(settings(ARTIFACT_ID="7"), old, wheels) is expected
 
 
 def test_malformed_shrc_is_a_settings_error_with_hint(tmp_path):

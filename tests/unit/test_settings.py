@@ -85,3 +85,107 @@ def test_help_lists_every_setting():
     for name in ("CONTAINER_NAME", "MOONCAKE_WHEEL", "TIMEOUT_GPU_DRAIN_AFTER_KILL_S",
                  "HARNESS_SIM_FAULTS", "SSH_HOST_KEY_POLICY"):
         assert name in text
+
+
+# --- ranges: a value that would misbehave later is one line now -------------------------------
+TIMEOUT_NAMES = ["TIMEOUT_SERVER_READY_S", "TIMEOUT_HEALTH_S", "TIMEOUT_ROUTER_S",
+                 "TIMEOUT_PROXY_S", "TIMEOUT_STOP_S", "TIMEOUT_GPU_DRAIN_S",
+                 "TIMEOUT_GPU_DRAIN_AFTER_KILL_S", "TIMEOUT_CASE_S"]
+
+
+@pytest.mark.parametrize("name", TIMEOUT_NAMES)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "-0.0"])
+def test_every_timeout_must_be_finite_and_positive(name, value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    line = str(err.value)
+    assert "\n" not in line and name in line
+    assert "accepted: a finite number > 0" in line
+
+
+def test_every_timeout_setting_is_checked():
+    """A new TIMEOUT_* setting is covered without editing the check (or this list)."""
+    from dataclasses import fields
+    declared = sorted(f.metadata["env"] for f in fields(Settings)
+                      if f.metadata["env"].startswith("TIMEOUT_"))
+    assert declared == sorted(TIMEOUT_NAMES)
+
+
+def test_small_positive_timeouts_are_fine():
+    s = Settings.from_env({"TIMEOUT_STOP_S": "0.05", "TIMEOUT_CASE_S": "1e-3"})
+    assert s.timeout_stop_s == 0.05 and s.timeout_case_s == 0.001
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("0.5", True), ("-0.1", False),
+                                       ("nan", False), ("inf", False)])
+def test_sim_startup_is_finite_and_not_negative(value, ok):
+    if ok:
+        assert Settings.from_env({"HARNESS_SIM_STARTUP_S": value}).sim_startup_s == float(value)
+    else:
+        with pytest.raises(SettingsError, match="HARNESS_SIM_STARTUP_S.*finite number >= 0"):
+            Settings.from_env({"HARNESS_SIM_STARTUP_S": value})
+
+
+@pytest.mark.parametrize("value, ok", [("1", True), ("22", True), ("65535", True),
+                                       ("0", False), ("65536", False), ("99999", False),
+                                       ("-22", False)])
+def test_ssh_port_range(value, ok):
+    if ok:
+        assert Settings.from_env({"REMOTE_SSH_PORT": value}).remote_ssh_port == int(value)
+    else:
+        with pytest.raises(SettingsError, match=r"REMOTE_SSH_PORT: .*1-65535"):
+            Settings.from_env({"REMOTE_SSH_PORT": value})
+
+
+@pytest.mark.parametrize("value", ["/", "/usr", "/usr/lib", "/etc", "/bin", "/lib", "/var",
+                                   "/boot", "/root", "/home", "/home/ci", "~", "~/.ssh",
+                                   "/root/.ssh", "/proc/self", "/sys/x", "/dev/x", "relative"])
+def test_remote_test_dir_may_not_be_a_system_or_home_dir(value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"REMOTE_TEST_DIR": value})
+    assert f"REMOTE_TEST_DIR: {value!r}" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_remote_test_dir_of_its_own_is_fine():
+    assert Settings.from_env({"REMOTE_TEST_DIR": "/srv/ci/mooncake"}).remote_test_dir == \
+        "/srv/ci/mooncake"
+
+
+@pytest.mark.parametrize("name", ["LOCAL_IP", "REMOTE_IP"])
+@pytest.mark.parametrize("value", ["::1", "[::1]", "fe80::1%eth0", "2001:db8::2"])
+def test_ipv6_is_refused_with_one_line(name, value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    assert name in str(err.value) and "IPv6 addresses are not supported" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["10.0.0.5", "127.0.0.2", "gpu-host-1.example"])
+def test_ipv4_and_host_names_are_fine(value):
+    assert Settings.from_env({"REMOTE_IP": value}).remote_ip == value
+
+
+def test_help_says_ipv6_is_refused():
+    assert "IPv6 is refused" in help_text()
+
+
+# --- secrets ---------------------------------------------------------------------------------
+def test_repr_never_shows_the_token_or_url_credentials():
+    s = Settings.from_env({"GITHUB_TOKEN": "ghp_reprSECRET123",
+                           "MOONCAKE_WHEEL": "https://ci:hunter22@h.example/w.whl?token=abc123"})
+    shown = repr(s) + str(s)
+    assert "ghp_reprSECRET123" not in shown
+    assert "hunter22" not in shown and "abc123" not in shown
+    assert "h.example/w.whl" in shown and "container_name='mooncake-ci-test'" in shown
+
+
+def test_shrc_masks_credentials_inside_urls(tmp_path):
+    s = Settings.from_env({
+        "MOONCAKE_WHEEL": "https://ci:hunter22@h.example/w.whl?X-Amz-Signature=s1g&v=2",
+        "ROUTER_PIP_INDEX_URL": "https://u:pw99xy@pypi.example/simple/"})
+    path = tmp_path / ".shrc"
+    write_shrc(path, s, {})
+    text = path.read_text()
+    assert "hunter22" not in text and "s1g" not in text and "pw99xy" not in text
+    values = read_shrc(path)
+    assert values["MOONCAKE_WHEEL"] == "https://h.example/w.whl?X-Amz-Signature=***&v=2"
+    assert values["ROUTER_PIP_INDEX_URL"] == "https://pypi.example/simple/"

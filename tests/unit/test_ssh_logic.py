@@ -16,7 +16,7 @@ from harness.remote_container import RemoteContainerNode, daemon_error
 from harness.settings import Settings
 from harness.ssh import SSHError, SSHHost, remote_command
 from harness.ssh_keys import AcceptNewPolicy, UnknownHostKey, known_hosts_name
-from harness.sync_tree import build_tarball, check_wipeable, sync_excluded
+from harness.sync_tree import build_tarball, check_wipeable, sync_excluded, wipe_refusal
 
 
 def settings(**env) -> Settings:
@@ -40,25 +40,44 @@ def test_remote_command_quotes_every_value():
     (".git/config", True), ("run/logs/c/x.log", True), ("run/pids/c/s.pid", True),
     (".venv/bin/python", True), (".nox/tests", True), ("harness/__pycache__/x.pyc", True),
     ("a.pyc", True), (".pytest_cache/v", True), ("run/logs", True),
-    ("run/whls/mooncake_transfer_engine-1.whl", False), ("run/.shrc", False),
-    ("harness/ssh.py", False), ("run/logsx", False), ("sim/site/sglang/x.py", False),
+    # all of run/: the wheel step rewrites run/whls while the remote host is synced
+    ("run", True), ("run/whls/mooncake_transfer_engine-1.whl", True), ("run/.shrc", True),
+    ("harness/ssh.py", False), ("runx/a", False), ("sim/site/sglang/x.py", False),
+    ("cases/run/x.py", False),
 ])
 def test_sync_filter(path, excluded):
     assert sync_excluded(path) is excluded
 
 
-@pytest.mark.parametrize("path", ["/", "/tmp", "/root/", "relative/dir", ""])
-def test_wipe_refuses_shallow_or_relative_dirs(path):
+@pytest.mark.parametrize("path", [
+    "/", "/tmp", "/root/", "relative/dir", "", "~", "~/.ssh", "/usr", "/usr/lib", "/usr/local/x",
+    "/etc", "/etc/ssh/x", "/bin", "/lib", "/var", "/var/lib/docker", "/boot", "/boot/efi/x",
+    "/root", "/root/.ssh", "/root/.cache/huggingface", "/home", "/home/ci", "/home/ci/.ssh",
+    "/home/ci/.ssh/keys", "/proc/1", "/sys/fs/x", "/dev/shm/x", "//usr/lib", "/tmp/../usr/lib",
+    "/run/user/0",
+])
+def test_wipe_refuses_system_home_shallow_or_relative_dirs(path):
     with pytest.raises(HarnessError, match="refusing to wipe"):
         check_wipeable(path)
+    assert wipe_refusal(path)
 
 
-def test_wipe_accepts_the_default_remote_dir():
-    assert check_wipeable("/tmp/Mooncake_tone/mooncake_ci_test/") == \
-        "/tmp/Mooncake_tone/mooncake_ci_test"
+@pytest.mark.parametrize("path", ["/tmp/Mooncake_tone/mooncake_ci_test/", "/srv/mooncake/ci",
+                                  "/home/ci/mooncake_ci", "/root/mooncake_ci", "/var/tmp/ci/x",
+                                  "/data/ci"])
+def test_wipe_accepts_dirs_of_their_own(path):
+    assert wipe_refusal(path) is None
+    assert check_wipeable(path) == path.rstrip("/")
 
 
-def test_tarball_leaves_out_caches_and_takes_extra_files(tmp_path):
+def test_wipe_knows_the_users_home_wherever_it_lives():
+    assert wipe_refusal("/data/u", home="/data/u")            # the home itself
+    assert wipe_refusal("/data/u/.config/x", home="/data/u")  # its dot-dirs
+    assert wipe_refusal("/data", home="/data/u/")              # above it (and top-level)
+    assert wipe_refusal("/data/u/ci", home="/data/u") is None
+
+
+def test_tarball_leaves_out_caches_and_run_and_takes_extra_files(tmp_path):
     root = tmp_path / "p"
     for rel in ("harness/a.py", "harness/__pycache__/a.pyc", ".git/HEAD", "run/logs/x",
                 "run/.shrc", "run/whls/m.whl"):
@@ -70,7 +89,25 @@ def test_tarball_leaves_out_caches_and_takes_extra_files(tmp_path):
         names = sorted(tar.getnames())
         assert tar.extractfile("run/.shrc").read() == b"export BASE_DIR=/r\n"
     assert names == ["harness", "harness/a.py", "new", "new/dir", "new/dir/f.txt", "run",
-                     "run/.shrc", "run/whls", "run/whls/m.whl"]
+                     "run/.shrc"]
+
+
+def test_a_file_vanishing_while_packing_is_one_harness_error(tmp_path, monkeypatch):
+    """The race of the issue: an entry listed, then removed before tar reads it."""
+    root = tmp_path / "p"
+    (root / "harness").mkdir(parents=True)
+    (root / "harness" / "a.py").write_text("a")
+    doomed = root / "harness" / "vanishing.py"
+    doomed.write_text("b")
+    real = tarfile.TarFile.gettarinfo
+
+    def racing(self, name=None, arcname=None, fileobj=None):
+        if str(name) == str(doomed):
+            doomed.unlink()                       # gone between listdir and lstat
+        return real(self, name, arcname, fileobj)
+    monkeypatch.setattr(tarfile.TarFile, "gettarinfo", racing)
+    with pytest.raises(HarnessError, match="cannot pack the project tree .*vanishing.py"):
+        build_tarball(root, tmp_path / "t.tar")
 
 
 # --- host keys ---------------------------------------------------------------------------------

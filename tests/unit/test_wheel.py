@@ -258,3 +258,47 @@ def test_pip_gets_an_argv_and_reports_its_failure(tmp_path: Path, monkeypatch) -
                                  "mooncake-transfer-engine==9")
     assert "Looking in links" in (caught.value.log_tail or "")
     assert os.listdir(tmp_path) == []
+
+
+# --- the token, bare, anywhere -------------------------------------------------------------------
+@pytest.mark.parametrize("template", [
+    "{t}", "error: {t} was rejected", "x{t}y", "Authorization: token {t}", "'{t}'",
+    "https://api.example/zip?access_token={t}", "{{\"token\": \"{t}\"}}", "{t}\n{t}",
+])
+def test_redact_masks_the_bare_token_anywhere(template) -> None:
+    bare = "ghp_BAREtoken9876543210"
+    text = template.format(t=bare)
+    assert bare not in wheel.redact(text, wheel.Token(bare, "GITHUB_TOKEN"))
+    assert "ghp_BARE" not in wheel.redact(text, wheel.Token(bare, "GITHUB_TOKEN"))
+
+
+def test_redact_masks_a_token_it_was_not_handed_once_known() -> None:
+    """A message built where the Token object is not at hand (a URL download's error, pip's
+    output) still loses a token the harness has seen (from the settings or from gh)."""
+    from harness import redaction
+    gh_value = "gho_fromTheCLI55555555"
+    wheel.resolve_token(settings(), gh_lookup=lambda host: gh_value, environ={})
+    assert gh_value not in wheel.redact(f"pip said: bad {gh_value} here")
+    assert gh_value not in redaction.scrub(f"<{gh_value}>")
+
+
+def test_children_never_get_the_token(monkeypatch) -> None:
+    from harness import redaction
+    monkeypatch.setenv("GITHUB_TOKEN", "ghp_childENV11111111")
+    monkeypatch.setenv("GH_TOKEN", "ghp_childENV22222222")
+    monkeypatch.setenv("SOME_OTHER", "holds ghp_childENV11111111 too")
+    monkeypatch.setenv("PLAIN", "kept")
+    redaction.remember_environ()
+    env = redaction.child_environ({"EXTRA": "1"})
+    assert "GITHUB_TOKEN" not in env and "GH_TOKEN" not in env and "SOME_OTHER" not in env
+    assert env["PLAIN"] == "kept" and env["EXTRA"] == "1"
+
+
+def test_log_filter_masks_the_token_in_messages_and_arguments(caplog) -> None:
+    from harness import redaction
+    value = "ghp_logLINE333333333"
+    redaction.remember(value)
+    record = logging.LogRecord("harness.x", logging.INFO, __file__, 1, "sent %s to %s",
+                               (f"Bearer {value}", "api"), None)
+    assert redaction.SecretFilter().filter(record)
+    assert value not in record.getMessage() and "api" in record.getMessage()
