@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import nox
@@ -46,7 +47,16 @@ def _install(session: nox.Session, *extras: str) -> None:
     session.install("-e", spec)
 
 
+def _mark_unfinished(*args: str) -> None:
+    """`Fail` for the asked cases before the install: a failed or killed `pip install` must not
+    leave an earlier run's `Pass` standing (the harness writes them again when it starts)."""
+    sys.path.insert(0, str(ROOT))
+    from harness.verdict import mark_unfinished
+    mark_unfinished(ROOT, args[0], list(args[1:]))
+
+
 def _harness(session: nox.Session, *args: str) -> None:
+    _mark_unfinished(*args)
     _install(session)
     session.run("python", "-m", "harness", *args, **HARNESS_STOP)
 
@@ -109,6 +119,7 @@ def vllm(session: nox.Session) -> None:
 @nox.session(default=False)
 def demo(session: nox.Session) -> None:
     """The SGLANG group on the built-in simulated cluster: no GPU, Docker or second host."""
+    _mark_unfinished("demo")
     _install(session, "demo")
     session.run("python", "-m", "harness", "demo", **HARNESS_STOP)
 

@@ -149,7 +149,9 @@ def fan_out(jobs: Sequence[Callable[[Cancel], None]], cancel: Cancel, what: str)
         raise
     if not errors:
         return
-    causes = [e for e in errors if not _is_cancelled(e, group)] or errors
+    causes = [e for e in errors if not _is_cancelled(e, group)]
+    if not causes:  # the run itself was cancelled: each job only says so
+        raise errors[0]
     for exc in causes:
         log.error("%s: %s", what, exc.details() if isinstance(exc, HarnessError) else repr(exc))
     for exc in errors:

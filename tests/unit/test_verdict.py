@@ -1,0 +1,34 @@
+"""The verdict written before the harness is installed (harness.verdict)."""
+import json
+from pathlib import Path
+
+from harness import cases as registry
+from harness.verdict import asked_cases, declared_cases, mark_unfinished
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_declared_cases_agree_with_the_registry():
+    real = {(c.name, c.group, c.order) for c in registry.discover().values()}
+    assert set(declared_cases(ROOT / "cases")) == real
+
+
+def test_asked_cases_in_group_order():
+    assert asked_cases(ROOT, "demo", []) == [c.name for c in registry.group_cases("SGLANG")]
+    assert asked_cases(ROOT, "group", ["all"]) == [c.name for c in registry.group_cases("ALL")]
+    assert asked_cases(ROOT, "group", ["BOGUS"]) == []
+    assert asked_cases(ROOT, "single", ["test_moe_mooncake.sh", "nope"]) == [
+        "test_moe_mooncake"]
+
+
+def test_mark_unfinished_replaces_an_earlier_pass(tmp_path):
+    (tmp_path / "cases").symlink_to(ROOT / "cases")
+    result = tmp_path / "run/logs/test_vllm_1p1d_erdma/test_results.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"test_case": "test_vllm_1p1d_erdma", "status": "Pass", '
+                      '"timestamp": "2020-01-01T00:00:00Z"}\n')
+    assert mark_unfinished(tmp_path, "group", ["VLLM"]) == ["test_vllm_1p1d_erdma"]
+    data = json.loads(result.read_text())
+    assert data["status"] == "Fail" and data["timestamp"] != "2020-01-01T00:00:00Z"
+    summary = json.loads((result.parent / "case_summary.json").read_text())
+    assert summary["reason"] == "run did not finish"
