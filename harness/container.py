@@ -29,17 +29,20 @@ from harness.settings import ImagePull, Settings
 log = logging.getLogger(__name__)
 
 # Control calls (create, start, restart, pull) may take this long before the engine counts as
-# wedged; `docker exec` has no such limit: it is bounded by `timeout` inside the container.
+# wedged. `docker exec` is bounded by `timeout` inside the container: the command's own limit,
+# or EXEC_DEFAULT_TIMEOUT_S when it has none, and the exec client's socket by that plus a grace.
 CONTROL_TIMEOUT_S = 300
+EXEC_DEFAULT_TIMEOUT_S = 2 * 3600
 # Extra seconds `timeout` gives a command after TERM before it KILLs it.
 EXEC_KILL_AFTER_S = 5
+EXEC_SOCKET_GRACE_S = 60
 LEFTOVER_STATES = ("created", "exited", "dead")
 
 ENGINE_HINT = "start dockerd, e.g. bash tests/provision.sh"
 
 
 # --- the engine --------------------------------------------------------------------------------
-def connect(timeout: float | None = CONTROL_TIMEOUT_S) -> docker.DockerClient:
+def connect(timeout: float = CONTROL_TIMEOUT_S) -> docker.DockerClient:
     """A client of the local engine; unreachable → one-line DockerError with what to do."""
     try:
         client = docker.from_env(timeout=timeout)
@@ -108,13 +111,14 @@ class ContainerNode(ContainerBase):
             return self._client
 
     def _exec_api(self):
-        # `docker exec` can outlast any control timeout (a pip install, a case payload): a
-        # client without a socket timeout; the command's own limit is `timeout` in the container.
+        # `docker exec` can outlast any control timeout (a pip install): a client whose socket
+        # waits as long as the longest command may run (`timeout` in the container ends it).
         if not self._owns_client:
             return self.client.api
         with self._lock:
             if self._exec_client is None:
-                self._exec_client = self._connector(timeout=None)
+                self._exec_client = self._connector(
+                    timeout=EXEC_DEFAULT_TIMEOUT_S + EXEC_KILL_AFTER_S + EXEC_SOCKET_GRACE_S)
             return self._exec_client.api
 
     def _error(self, what: str, exc: BaseException, hint: str | None = None) -> DockerError:
@@ -237,9 +241,8 @@ class ContainerNode(ContainerBase):
 
     # --- commands ----------------------------------------------------------------------------
     def _run(self, argv: list[str], *, timeout: float | None, check: bool) -> Completed:
-        full = list(argv)
-        if timeout is not None:
-            full = ["timeout", "-k", str(EXEC_KILL_AFTER_S), f"{max(timeout, 0.001):g}", *full]
+        limit = EXEC_DEFAULT_TIMEOUT_S if timeout is None else min(timeout, EXEC_DEFAULT_TIMEOUT_S)
+        full = ["timeout", "-k", str(EXEC_KILL_AFTER_S), f"{max(limit, 0.001):g}", *argv]
         api = self._exec_api()
         try:
             exec_id = api.exec_create(self.container_name, full, stdout=True, stderr=True)["Id"]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from harness import prep
+from harness import prep, procs
 from harness.errors import HarnessError
 from harness.hosts import LocalHost
 from harness.layout import Layout
@@ -78,6 +78,8 @@ def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
         env.remote = remote_node(env.settings)
         stack.callback(env.remote.host.close)
         stack.callback(env.remote.close)
+    for node in env.nodes:  # mark what they start; stop what an earlier run left (harness.procs)
+        procs.claim(node, env.run_id, env.settings.timeout_stop_s)
 
 
 # --- preparation ------------------------------------------------------------------------------

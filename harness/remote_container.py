@@ -15,7 +15,7 @@ import math
 import shlex
 from typing import Sequence
 
-from harness.container import EXEC_KILL_AFTER_S, LEFTOVER_STATES
+from harness.container import EXEC_DEFAULT_TIMEOUT_S, EXEC_KILL_AFTER_S, LEFTOVER_STATES
 from harness.container_spec import (LABEL_ROLE, LABEL_RUN_ID, ROLE_CI_CONTAINER, ContainerSpec,
                                     container_spec, start_hint)
 from harness.errors import CommandFailed, DockerError
@@ -76,8 +76,7 @@ class RemoteContainerNode(ContainerBase):
         return f"RemoteContainerNode({self.name!r}, container={self.container_name!r})"
 
     # --- the docker CLI over SSH ---------------------------------------------------------------
-    def _docker(self, args: Sequence[str], *, timeout: float | None = CONTROL_TIMEOUT_S
-                ) -> Completed:
+    def _docker(self, args: Sequence[str], *, timeout: float = CONTROL_TIMEOUT_S) -> Completed:
         """Run `docker args` on the remote host; an engine that does not answer → DockerError."""
         argv = [*self.docker, *args]
         try:
@@ -244,10 +243,11 @@ class RemoteContainerNode(ContainerBase):
 
     # --- commands ----------------------------------------------------------------------------
     def _run(self, argv: list[str], *, timeout: float | None, check: bool) -> Completed:
-        inner = list(argv)
-        if timeout is not None:
-            inner = ["timeout", "-k", str(EXEC_KILL_AFTER_S), f"{max(timeout, 0.001):g}", *inner]
-        outer = None if timeout is None else timeout + EXEC_KILL_AFTER_S + EXEC_GRACE_S
+        # Every exec is bounded: by its own limit, or EXEC_DEFAULT_TIMEOUT_S when it has none;
+        # the SSH side waits that long plus the time `timeout` and the CLI need to end it.
+        limit = EXEC_DEFAULT_TIMEOUT_S if timeout is None else min(timeout, EXEC_DEFAULT_TIMEOUT_S)
+        inner = ["timeout", "-k", str(EXEC_KILL_AFTER_S), f"{max(limit, 0.001):g}", *argv]
+        outer = limit + EXEC_KILL_AFTER_S + EXEC_GRACE_S
         try:
             done = self.host.run([*self.docker, "exec", self.container_name, *inner],
                                  timeout=outer, check=False)

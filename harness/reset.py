@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 from harness import gpu as gpu_mod
 from harness.errors import HarnessError
 from harness.gpu import Drain, GpuMemory, GpuProcess, GpuReadError, NvidiaSmi, SimGpu
-from harness.nodes import ContainerBase, Node, _find_pid_files
+from harness.nodes import ContainerBase, Node, _find_pid_files, read_pid_file
 from harness.settings import Settings
 from harness.waiting import Cancel
 
@@ -113,8 +113,9 @@ def recorded_groups(node: Node) -> set[int]:
             text = node.host.read_text(path).strip()
         except OSError:
             continue
-        if text.isdigit():
-            groups.add(int(text))
+        recorded = read_pid_file(text)  # "pid starttime" (older files: "pid")
+        if recorded:
+            groups.add(recorded[0])
     return groups
 
 

@@ -239,8 +239,15 @@ def clean(settings: Settings, *, wheels: bool) -> None:
     """`invoke clean`: stop recorded processes, remove the container and the run's logs."""
     layout = Layout.at(PROJECT_ROOT)
     host = LocalHost("local")
-    stopped = HostNode(host, layout.root).stop_all(None, settings.timeout_stop_s) \
-        if settings.harness_runtime is Runtime.HOST else []
+    # Host runtime: the recorded groups and every process marked with this checkout (harness.
+    # procs), of any run; in the Docker runtime the PID files are the container's, so only the
+    # marker sweep runs on this host. HARNESS_REMOTE=local: the remote dir's node is here too.
+    nodes = [HostNode(host, layout.root)]
+    if settings.harness_remote is RemoteVia.LOCAL:
+        nodes.append(HostNode(host, settings.remote_test_dir, name="remote"))
+    stopped = [found for node in nodes for found in (
+        node.stop_all(None, settings.timeout_stop_s) if settings.harness_runtime is Runtime.HOST
+        else node.sweep(timeout_s=settings.timeout_stop_s))]
     if settings.harness_runtime is Runtime.DOCKER:
         node = container_node(settings)
         if node.running():

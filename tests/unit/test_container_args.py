@@ -249,9 +249,11 @@ def test_node_is_lazy_and_close_is_idempotent():
     assert str(node.layout.root) == "/test_run" and str(node.host_layout.root) == PROJECT
     assert node.on_host(node.layout.logs) == node.host_layout.logs
     node.exec(["true"])
-    assert calls == [None]            # the exec client has no socket timeout
+    # every engine call has a deadline: the exec client's outlasts the longest exec it runs
+    [exec_timeout] = calls
+    assert ct.EXEC_DEFAULT_TIMEOUT_S < exec_timeout < float("inf")
     assert node.running() is False
-    assert calls == [None, ct.CONTROL_TIMEOUT_S]
+    assert calls == [exec_timeout, ct.CONTROL_TIMEOUT_S]
     node.close()
     node.close()
 
@@ -275,7 +277,8 @@ def test_exec_uses_timeout_prefix_and_reports_failures():
     assert done.exit_code == 3 and done.output == "boom\n" and done.argv == ["ls", "/x"]
     with pytest.raises(CommandFailed) as info:
         node.exec(["ls", "/x"])
-    assert api.created[-1] == ("mh-unit", ["ls", "/x"])
+    limit = f"{ct.EXEC_DEFAULT_TIMEOUT_S:g}"   # no timeout given: still a finite one
+    assert api.created[-1] == ("mh-unit", ["timeout", "-k", "5", limit, "ls", "/x"])
     assert info.value.exit_code == 3 and info.value.host == "local"
     assert "boom" in info.value.details()
 
