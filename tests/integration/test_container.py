@@ -127,7 +127,9 @@ def test_start_exec_spawn_stop(made, docker_client):
     started = time.monotonic()
     killed = node.stop(proc, timeout_s=10)
     took = time.monotonic() - started
-    assert not killed and took < 1.0, f"stop took {took:.2f}s"
+    # exited on TERM (not killed); the bound only catches a hang on a loaded machine, the
+    # stop latency itself is measured by `nox -s bench`
+    assert not killed and took < 8.0, f"stop took {took:.2f}s"
     assert not node.alive(proc.pgid)
     assert not (made.root / "project" / "run" / "pids" / "c1" / "http.pid").exists()
 

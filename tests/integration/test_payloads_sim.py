@@ -185,6 +185,21 @@ def test_hicache_payload_passes(sim_python, tmp_path):
     logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert "TestMooncakeBackendMLAModel.master.log" in logs, logs
     assert "TestMooncakeBackendAccuracy.metadata_server.log" in logs, logs
+    assert_real_masters(sorted((tmp_path / "logs").glob("*.master.log")), count=3)
+
+
+# What the real mooncake_master (glog) writes when it listens; the stand-in says SIMULATED.
+REAL_MASTER_LINE = re.compile(r"master\.cpp:\d+\] Master service started on port \d+")
+
+
+def assert_real_masters(logs: list[Path], count: int) -> None:
+    """Each master log is the real mooncake_master's: a silent fallback to the simulator's
+    stand-in (sim/bin/mooncake_master when the real binary cannot run) fails here."""
+    assert len(logs) == count, [p.name for p in logs]
+    for log in logs:
+        text = log.read_text(errors="replace")
+        assert "SIMULATED mooncake_master" not in text, f"{log.name}: the stand-in ran\n{text}"
+        assert REAL_MASTER_LINE.search(text), f"{log.name}: no real master start line\n{text}"
 
 
 def test_hicache_page_first_is_skipped_in_ci(sim_python):

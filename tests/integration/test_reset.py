@@ -138,7 +138,7 @@ def test_host_reset_fails_on_gpu_leak(node):
                         r"stopped decode, waited 1\.\ds, killed none \[no process holds GPU "
                         r"memory\], waited 1\.\ds more", message), message
     assert "needs intervention" in exc.details()
-    assert 2.0 <= took < 6, took
+    assert 2.0 <= took < 30, took  # both 1 s drain waits ran; the upper bound catches a hang
     assert len(records(node)) == 1               # the leak outlives its process
 
 

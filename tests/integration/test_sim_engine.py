@@ -28,6 +28,10 @@ HOST = "127.0.0.1"
 NOWHERE = "127.93.17.5"  # a loopback address nothing in these tests listens on
 # Loopback only: a proxy from the environment must never see the simulator's traffic.
 HTTP = requests.Session()
+# A process that exits on SIGTERM must be gone within this: generous for a loaded 2-core
+# machine, still far below simproc's 5 s wait, so a process that ignores SIGTERM fails here.
+# (How fast it exits is measured by `nox -s bench`, not asserted.)
+SIGTERM_EXIT_S = 3.0
 HTTP.trust_env = False
 
 
@@ -123,7 +127,7 @@ def test_normal_server_api_and_sigterm(start) -> None:
     assert '"POST /generate HTTP/1.1" 200' in sim.text()  # the request log
 
     took = sim.terminate()
-    assert sim.proc.returncode == 0 and took < 0.5, (sim.proc.returncode, took)
+    assert sim.proc.returncode == 0 and took < SIGTERM_EXIT_S, (sim.proc.returncode, took)
     assert "received SIGTERM, shutting down" in sim.text()
     with pytest.raises(requests.ConnectionError):
         HTTP.get(f"{sim.url}/health", timeout=2)
@@ -161,7 +165,7 @@ def test_pd_pair_checks_the_bootstrap_wiring(start) -> None:
     assert f"no prefill bootstrap server at {NOWHERE}:8998" in default_port.json()["message"]
 
     # Wiring is checked per request: once the prefill is gone, the decode refuses.
-    assert prefill.terminate() < 0.5 and prefill.proc.returncode == 0
+    assert prefill.terminate() < SIGTERM_EXIT_S and prefill.proc.returncode == 0
     gone = post(f"{decode.url}/generate", {**STORY, **wired})
     assert gone.status_code == 500
     assert f"no prefill bootstrap server at {HOST}:{bootstrap_port}" in gone.json()["message"]
@@ -218,7 +222,7 @@ def test_fault_hang_never_ready_but_stops_on_sigterm(start) -> None:
     assert READY not in sim.text() and "Uvicorn running" not in sim.text()
     with pytest.raises(requests.ConnectionError):
         HTTP.get(f"http://{HOST}:{port}/health", timeout=1)
-    assert sim.terminate() < 0.5 and sim.proc.returncode == 0
+    assert sim.terminate() < SIGTERM_EXIT_S and sim.proc.returncode == 0
 
 
 def test_fault_die_after_ready_exits_3(start) -> None:

@@ -36,6 +36,10 @@ CHAT = {"model": MODEL,
         "stream": False, "max_tokens": 200, "temperature": 0}
 PARIS = re.compile("paris", re.IGNORECASE)
 HTTP = requests.Session()
+# A process that exits on SIGTERM must be gone within this: generous for a loaded 2-core
+# machine, still far below simproc's 5 s wait, so a process that ignores SIGTERM fails here.
+# (How fast it exits is measured by `nox -s bench`, not asserted.)
+SIGTERM_EXIT_S = 3.0
 HTTP.trust_env = False  # loopback only: never an http_proxy from the environment
 
 
@@ -160,7 +164,7 @@ def test_sim_mooncake_proxy_waits_for_the_prefill_then_routes(start: Start) -> N
 
     for proc in (proxy, pair.prefill, pair.decode):
         took = proc.terminate()
-        assert proc.proc.returncode == 0 and took < 0.5, (proc.text(), took)
+        assert proc.proc.returncode == 0 and took < SIGTERM_EXIT_S, (proc.text(), took)
 
 
 def test_own_proxy_routes_and_is_healthy(start: Start) -> None:
@@ -191,7 +195,7 @@ def test_own_proxy_routes_and_is_healthy(start: Start) -> None:
     assert "loaded KV of xfer-" in pair.decode.text()
 
     took = proxy.terminate()
-    assert proxy.proc.returncode == 0 and took < 0.5, (proxy.text(), took)
+    assert proxy.proc.returncode == 0 and took < SIGTERM_EXIT_S, (proxy.text(), took)
 
 
 # --- wrong wiring -------------------------------------------------------------------------
@@ -283,7 +287,7 @@ def test_server_start_faults(start: Start) -> None:
     assert hang.proc.poll() is None and STARTUP_COMPLETE not in hang.text()
     with pytest.raises(requests.ConnectionError):
         HTTP.get(f"http://{LOCAL}:{hang_port}/health", timeout=1)
-    assert hang.terminate() < 0.5 and hang.proc.returncode == 0
+    assert hang.terminate() < SIGTERM_EXIT_S and hang.proc.returncode == 0
 
 
 @pytest.mark.parametrize("component", ["prefill", "decode"])
@@ -325,7 +329,7 @@ def test_sim_proxy_faults(start: Start, fault: str) -> None:
         pair.wait_ready()  # decode:crash is not this component's: the decode is fine
         time.sleep(0.5)
         assert STARTUP_COMPLETE not in proxy.text() and PREFILLERS_READY not in proxy.text()
-        assert proxy.terminate() < 0.5 and proxy.proc.returncode == 0
+        assert proxy.terminate() < SIGTERM_EXIT_S and proxy.proc.returncode == 0
         return
     if fault == "die-after-ready":
         assert proxy.wait_exit() == 3 and PREFILLERS_READY in proxy.text()
