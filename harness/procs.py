@@ -58,7 +58,9 @@ class Scope:
     def argv(self, timeout_s: float) -> list[str]:
         steps = max(1, int(timeout_s / POLL_S))
         kill_steps = max(1, int(KILL_WAIT_S / POLL_S))
-        return ["bash", "-c", SWEEP_SCRIPT, "sweep", self.owner, self.run_id or "",
+        # Unmarked itself, so its own subshells never match (it may run under a marked parent).
+        return ["env", "-u", OWNER, "-u", RUN_ID, "-u", CASE,
+                "bash", "-c", SWEEP_SCRIPT, "sweep", self.owner, self.run_id or "",
                 self.case or "", self.other_than or "", str(steps), str(kill_steps)]
 
     def describe(self) -> str:
