@@ -22,7 +22,8 @@ def post(url: str, payload: dict, timeout_s: float, save_to: Path, *,
     """POST JSON; the body goes to `save_to`. A request that gets no answer is a CaseFailed."""
     save_to.parent.mkdir(parents=True, exist_ok=True)
     try:
-        answer = http_session().post(url, json=payload, timeout=timeout_s)
+        with http_session() as session:  # no idle connection left for a server's shutdown
+            answer = session.post(url, json=payload, timeout=timeout_s)
     except requests.RequestException as exc:
         save_to.write_text(f"no answer: {type(exc).__name__}: {exc}\n")
         raise CaseFailed(f"POST {url} got no answer within {timeout_s:.0f}s "

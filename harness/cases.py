@@ -94,6 +94,7 @@ class CaseContext:
         self.cancel = cancel or Cancel()
         self._stack = stack
         self._servers: list[Server] | None = None  # the servers of the current scope
+        self._scope = ""                            # its name ("" for the case, or the model)
 
     # --- steps --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -162,10 +163,10 @@ class CaseContext:
         model. Every model runs; the case fails if any did, naming the first failure."""
         failures: list[tuple[str, HarnessError]] = []
         for model in models:
-            outer = self._stack, self._servers
+            outer = self._stack, self._servers, self._scope
             try:
                 with ExitStack() as stack:
-                    self._stack, self._servers = stack, None
+                    self._stack, self._servers, self._scope = stack, None, model
                     stack.callback(self.stop_leftovers)  # after this model's own stops
                     for node in self.nodes:
                         node.host.mkdir(node.on_host(self.model_logs(node, model)))
@@ -176,7 +177,7 @@ class CaseContext:
                 log.error("%s: %s failed: %s", self.case.name, model, exc.details())
                 failures.append((model, exc))
             finally:
-                self._stack, self._servers = outer
+                self._stack, self._servers, self._scope = outer
         if failures:
             model, first = failures[0]
             more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
@@ -193,7 +194,8 @@ class CaseContext:
                         dict(env or {}), list(pythonpath), cwd, self.cancel)
         if self._servers is None:
             self._servers = []
-            self._stack.callback(self._stop_all, self._servers)
+            self._stack.callback(self._stop_all, self._servers,
+                                 f"{self._scope}: stop" if self._scope else "stop")
         self._servers.append(server)
         return server
 
@@ -213,7 +215,7 @@ class CaseContext:
                 log.warning("%s: stopped what %s left behind: %s", node.name, self.case.name,
                             ", ".join(left))
 
-    def _stop_all(self, servers: list[Server]) -> None:
+    def _stop_all(self, servers: list[Server], step: str) -> None:
         """Stop every server of a scope at once. Cleanup must reach every server: a stop that
         fails (a host gone) is recorded and the others are still stopped; it never hides the
         case's own failure. It is not cancelled by Ctrl-C: it is what Ctrl-C waits for."""
@@ -224,7 +226,7 @@ class CaseContext:
                 note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
                 log.error("%s: %s", self.case.name, note)
                 self.result.cleanup_errors.append(note)
-        with self.result.timed("stop"):
+        with self.result.timed(step):
             fan_out([lambda _, server=server: stop(server) for server in servers], Cancel(),
                     "server stop")
 

@@ -189,10 +189,13 @@ class Server:
     def stop(self, timeout_s: float) -> None:
         if self.proc is None:
             return
+        started = time.monotonic()
         killed = self.node.stop(self.proc, timeout_s)
         if killed:
             log.warning("%s: %s did not exit within %.0fs of TERM; killed",
                         self.node.name, self.name, timeout_s)
+        log.debug("%s: %s stopped in %.3fs", self.node.name, self.name,
+                  time.monotonic() - started)
         self.proc = None
 
     def follow_log(self, patterns: Sequence[str]) -> dict[str, int]:
@@ -231,8 +234,10 @@ class Server:
                                        **self.where)
             return False, why
 
-        met, why, waited = wait_until(check, timeout_s=rule.timeout_s,
-                                      awaited=f"{self.name}: {rule.describe()}", cancel=cancel)
+        with session:
+            met, why, waited = wait_until(check, timeout_s=rule.timeout_s,
+                                          awaited=f"{self.name}: {rule.describe()}",
+                                          cancel=cancel)
         if not met:
             raise NotReady(rule.describe(), waited, why, log_tail=self.log_tail(),
                            hint=f"see {self.log}", **self.where)
