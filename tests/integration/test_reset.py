@@ -146,8 +146,9 @@ def test_host_reset_kills_an_engine_that_escaped_the_group_kill(node):
     settings = host_settings()
     gpu = gpu_source_for(node, settings)
     # `setsid` puts the engine in its own session, as engine subprocesses that survive a
-    # process-group kill are; its output still goes to the run's log.
-    start_engine(node, "prefill", prefix=("setsid",))
+    # process-group kill are, and it drops the run's marker (so the marker sweep of the stop
+    # phase misses it too); its output still goes to the run's log.
+    start_engine(node, "prefill", prefix=("env", "-u", "HARNESS_OWNER", "setsid"))
     [held] = gpu.processes()
     report = reset_node(node, settings, gpu)
     assert report.passed and not report.first.drained and report.second.drained
