@@ -7,7 +7,8 @@ token`; every value the harness learns is remembered here (`remember`), so that:
   the secret variables, and without any other variable that carries a remembered value;
 - `scrub` masks remembered values anywhere in a text (a bare token, not only after `Bearer `);
 - `SecretFilter`, installed on the log handlers, passes every log record through `scrub`;
-- `url_without_credentials` keeps `user:password@` and `?token=...` out of what is written.
+- `url_without_credentials` keeps `user:password@` and `?token=...` out of what is written,
+  and `remember_url_credentials` treats those parts of a setting's URL as secrets too.
 """
 from __future__ import annotations
 
@@ -42,6 +43,17 @@ def remember_environ(environ: Mapping[str, str] | None = None) -> None:
     environ = os.environ if environ is None else environ
     for name in SECRET_ENV_NAMES:
         remember(environ.get(name))
+
+
+def remember_url_credentials(text: str) -> None:
+    """Remember the password and the credential-like query values of every URL in `text`
+    (a MOONCAKE_WHEEL such as https://user:pass@host/w.whl?token=...)."""
+    for url in re.findall(r"(?i)https?://\S+", text or ""):
+        parts = urlsplit(url)
+        remember(parts.password)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if _SECRET_QUERY.search(key):
+                remember(value)
 
 
 def known_secrets() -> list[str]:

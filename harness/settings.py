@@ -157,6 +157,7 @@ class Settings:
                     values[f.name] = _parse(f, name, raw)
                     if f.metadata["secret"]:
                         redaction.remember(raw)
+                    redaction.remember_url_credentials(raw)
                     break
         values.update(overrides)
         settings = cls(**values)

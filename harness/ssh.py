@@ -325,7 +325,10 @@ class SSHHost(SFTPFiles):
 
         def give_up() -> None:
             unanswered.set()
-            channel.close()
+            try:
+                channel.close()          # wakes the waiting request
+            except (paramiko.SSHException, EOFError, OSError):
+                pass                     # the connection went meanwhile: the request sees it
         timer = threading.Timer(seconds, give_up)
         timer.daemon = True
         timer.start()

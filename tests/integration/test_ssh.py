@@ -141,11 +141,43 @@ def test_sync_project_wipes_first_and_leaves_out_what_it_must(host, settings, tm
     host.sync_project(tree, remote, {"run/.shrc": "export BASE_DIR=/remote\n"})
 
     found = host.run(["find", ".", "-type", "f"], cwd=remote).output.split()
-    assert sorted(found) == ["./cases/c.py", "./harness/x.py", "./run/.shrc",
-                             "./run/whls/mooncake_transfer_engine-0.1.whl", "./sim/site/a.py"]
+    # nothing of the local run/ (the wheel goes by its own step): only the rewritten .shrc
+    assert sorted(found) == ["./cases/c.py", "./harness/x.py", "./run/.shrc", "./sim/site/a.py"]
     assert host.read_text(f"{remote}/run/.shrc") == "export BASE_DIR=/remote\n"
     assert not host.run(["bash", "-c", "ls /proc/self/cwd/../*.tar"], cwd=remote,
                         check=False).ok                    # the upload was cleaned away
+
+
+def test_sync_refuses_what_the_remote_host_resolves_to_a_home_or_system_dir(host, settings,
+                                                                           tmp_path):
+    """The rule of the settings again, where the wipe happens: symlinks resolved on the remote
+    host and its user's $HOME known there."""
+    tree = tmp_path / "project"
+    (tree / "harness").mkdir(parents=True)
+    (tree / "harness" / "x.py").write_text("x")
+    home = host.run(["bash", "-c", "cd ~ && pwd -P"]).output.strip()
+    links = tmp_path / "links"
+    links.mkdir()
+    (links / "to-usr-lib").symlink_to("/usr/lib")
+    (links / "to-home").symlink_to(home)
+    for target in (links / "to-usr-lib", links / "to-home", links / "to-home" / ".ssh"):
+        with pytest.raises(HarnessError, match="refusing to wipe"):
+            host.sync_project(tree, str(target))
+    assert os.path.isdir("/usr/lib") and os.path.isdir(home)
+
+
+def test_a_command_without_a_timeout_gets_the_default_deadline(settings):
+    host = SSHHost(settings, settings.remote_ip, default_timeout=1.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(CommandFailed, match="timed out") as err:
+            host.run(["sleep", "30"])
+        assert time.monotonic() - started < 10
+        assert err.value.exit_code is None
+        # a status 124 of the command's own, well within the default, is its own
+        assert host.run(["bash", "-c", "exit 124"], check=False).exit_code == 124
+    finally:
+        host.close()
 
 
 # --- host keys, login, reach -------------------------------------------------------------------

@@ -61,8 +61,9 @@ def no_gh(hostname: str) -> None:
 def fetch(api: FakeGitHubAPI | str, whl_dir: Path, *, artifact_id: str = "4242", token: str = TOKEN,
           sleep: Sleeps | None = None, **overrides) -> Path:
     api_url = api if isinstance(api, str) else api.url
-    settings = Settings.from_env({}, github_api_url=api_url, git_repo=REPO,
-                                 artifact_id=artifact_id, github_token=token, **overrides)
+    overrides.setdefault("git_repo", REPO)
+    settings = Settings.from_env({}, github_api_url=api_url, artifact_id=artifact_id,
+                                 github_token=token, **overrides)
     return wheel.fetch_wheel(settings, whl_dir, sleep=sleep if sleep is not None else Sleeps(),
                              gh_lookup=no_gh)
 
@@ -80,7 +81,7 @@ def test_direct_zip_sends_github_headers_and_replaces_old_wheels(api, whl_dir) -
     api.add(REPO, 4242, body=ARTIFACT_ZIP)
     got = fetch(api, whl_dir)
     assert got == whl_dir / WHEEL_NAME and got.read_bytes() == WHEEL
-    assert sorted(p.name for p in whl_dir.iterdir()) == [WHEEL_NAME]
+    assert sorted(p.name for p in whl_dir.iterdir()) == [wheel.STAMP_NAME, WHEEL_NAME]
     (request,) = api.seen()
     assert request.path == f"/repos/{REPO}/actions/artifacts/4242/zip"
     assert request.header("Accept") == "application/vnd.github+json"
@@ -255,7 +256,7 @@ def local(whl_dir: Path, value: str, **kwargs) -> Path:
 def test_mooncake_wheel_url_to_a_wheel(api, whl_dir) -> None:
     url = api.add_file(WHEEL_NAME, WHEEL)
     assert local(whl_dir, url).read_bytes() == WHEEL
-    assert sorted(p.name for p in whl_dir.iterdir()) == [WHEEL_NAME]
+    assert sorted(p.name for p in whl_dir.iterdir()) == [wheel.STAMP_NAME, WHEEL_NAME]
     assert api.seen()[0].header("Authorization") is None
 
 
@@ -282,7 +283,7 @@ def test_mooncake_wheel_path_dir_and_zip(tmp_path: Path, whl_dir) -> None:
     assert local(whl_dir, str(source)).read_bytes() == WHEEL
     (tmp_path / "artifact.zip").write_bytes(ARTIFACT_ZIP)
     assert local(whl_dir, str(tmp_path / "artifact.zip")).read_bytes() == WHEEL
-    assert sorted(p.name for p in whl_dir.iterdir()) == [WHEEL_NAME]
+    assert sorted(p.name for p in whl_dir.iterdir()) == [wheel.STAMP_NAME, WHEEL_NAME]
     # the wheel already in whl_dir is its own source: it must survive the clean-up
     assert local(whl_dir, str(whl_dir / WHEEL_NAME)).read_bytes() == WHEEL
     assert local(whl_dir, str(whl_dir)).read_bytes() == WHEEL
@@ -309,7 +310,7 @@ def test_mooncake_wheel_pip_requirement_offline(tmp_path: Path, whl_dir, monkeyp
     monkeypatch.setenv("PIP_FIND_LINKS", str(links))
     got = local(whl_dir, "mooncake-transfer-engine==0.0.1")
     assert got == whl_dir / WHEEL_NAME and got.read_bytes() == WHEEL
-    assert sorted(p.name for p in whl_dir.iterdir()) == [WHEEL_NAME]
+    assert sorted(p.name for p in whl_dir.iterdir()) == [wheel.STAMP_NAME, WHEEL_NAME]
     with pytest.raises(WheelError) as caught:
         local(whl_dir, "mooncake-transfer-engine==9.9.9")
     assert str(caught.value).startswith(
@@ -325,3 +326,98 @@ def test_the_downloaded_wheel_installs(tmp_path: Path, api, whl_dir) -> None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                     "--target", str(target), str(got)], check=True, capture_output=True)
     assert (target / "mooncake_transfer_engine" / "__init__.py").exists()
+
+
+# --- one deadline for the whole download ------------------------------------------------------
+class _SilentHTTP:
+    """A listener that takes connections and then answers nothing, or (trickle=True) sends the
+    headers of a large body and then one byte every 0.2 s, so no read timeout ever trips."""
+
+    def __init__(self, trickle: bool = False) -> None:
+        import socket
+        import threading
+        self.trickle = trickle
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.server.settimeout(0.2)
+        self.stop = threading.Event()
+        self.connections = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        import threading
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            threading.Thread(target=self._hold, args=(conn,), daemon=True).start()
+
+    def _hold(self, conn) -> None:
+        try:
+            conn.recv(65536)
+            if self.trickle:
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\n"
+                             b"Content-Length: 100000000\r\n\r\n")
+            while not self.stop.wait(0.2):
+                if self.trickle:
+                    conn.sendall(b"x")
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def __enter__(self) -> "_SilentHTTP":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.server.close()
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["never-answers", "trickles-bytes"])
+def test_the_whole_download_has_a_deadline(whl_dir, trickle) -> None:
+    import time
+    with _SilentHTTP(trickle=trickle) as server:
+        settings = Settings.from_env({}, github_api_url=server.url, git_repo=REPO,
+                                     artifact_id="4242", github_token=TOKEN)
+        started = time.monotonic()
+        with pytest.raises(WheelError) as caught:
+            wheel.fetch_wheel(settings, whl_dir, sleep=time.sleep, gh_lookup=no_gh,
+                              deadline_s=2.0)
+        took = time.monotonic() - started
+    message = str(caught.value)
+    assert took < 8, took                      # per-request limits alone: minutes, or never
+    assert "\n" not in message and "not done within 2 s" in message, message
+    assert "artifact 4242 of kvcache-ai/Mooncake" in message and TOKEN not in message
+    assert not list(whl_dir.glob(".download-*"))  # no partial download left behind
+
+
+# --- reuse only what a successful fetch vouched for ---------------------------------------------
+def test_a_successful_fetch_stamps_the_wheel_and_only_that_is_reused(api, whl_dir) -> None:
+    api.add(REPO, 4242, body=ARTIFACT_ZIP)
+    got = fetch(api, whl_dir)
+    settings = Settings.from_env({}, github_api_url=api.url, git_repo=REPO,
+                                 artifact_id="4242")
+    assert wheel.reusable_wheel(settings, whl_dir) == got
+    stamp = (whl_dir / wheel.STAMP_NAME).read_text()
+    assert "4242" in stamp and REPO in stamp and TOKEN not in stamp
+    # a run for another artifact fails before its download (GIT_REPO malformed): the stamp
+    # still names 4242, so a later run for 4343 does not take this wheel
+    with pytest.raises(WheelError, match="GIT_REPO must be owner/name"):
+        fetch(api, whl_dir, artifact_id="4343", git_repo="not a repo")
+    other = Settings.from_env({}, github_api_url=api.url, git_repo=REPO, artifact_id="4343")
+    assert wheel.reusable_wheel(other, whl_dir) is None
+    # a failed download of 4343 removes the old stamp: nothing is reusable afterwards
+    api.add(REPO, 4343, status=404)
+    with pytest.raises(WheelError, match="HTTP 404"):
+        fetch(api, whl_dir, artifact_id="4343")
+    assert wheel.reusable_wheel(settings, whl_dir) is None
