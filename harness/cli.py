@@ -83,6 +83,10 @@ def check_run_dir(layout: Layout) -> None:
     """run/ and run/logs must be directories this process can write: else one line now, rather
     than a traceback from the first log or result file."""
     probe = Path(layout.logs) / f".write-probe-{os.getpid()}"
+    for path in (Path(layout.run), Path(layout.logs)):
+        if path.exists() and not path.is_dir():
+            raise SettingsError(f"cannot write the run directory: {path} is not a directory",
+                                hint=f"move {path} away and run again")
     try:
         Path(layout.logs).mkdir(parents=True, exist_ok=True)
         probe.write_text("")

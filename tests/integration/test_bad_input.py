@@ -128,3 +128,100 @@ def test_image_that_cannot_be_pulled(project, docker_client):
     status, reason = outcome(project)
     assert status == "Fail" and "127.0.0.1:1/nope:latest" in reason and "pull-image" in reason
     assert not docker_client.containers.list(all=True, filters={"name": name})
+
+
+@pytest.mark.integration
+def test_unknown_group(project):
+    done = cli(project, "group", "BOGUS")
+    assert done.returncode == 2 and "Traceback" not in done.stdout
+    assert done.stdout.strip() == "error: unknown group 'BOGUS'; accepted: SGLANG, VLLM, ALL"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name, value, expected", [
+    ("REMOTE_SSH_PORT", "99999", "bad value for REMOTE_SSH_PORT: 99999 (accepted: a TCP port, "
+                                 "1-65535)"),
+    ("TIMEOUT_HEALTH_S", "nan", "bad value for TIMEOUT_HEALTH_S: nan (accepted: a finite "
+                                "number > 0, in seconds)"),
+    ("TIMEOUT_STOP_S", "-1", "bad value for TIMEOUT_STOP_S: -1.0"),
+    ("TIMEOUT_CASE_S", "inf", "bad value for TIMEOUT_CASE_S: inf"),
+    ("HARNESS_SIM_STARTUP_S", "-0.5", "bad value for HARNESS_SIM_STARTUP_S: -0.5"),
+    ("REMOTE_TEST_DIR", "/usr/lib", "bad value for REMOTE_TEST_DIR: '/usr/lib' (inside the "
+                                    "system directory /usr)"),
+    ("REMOTE_TEST_DIR", "/root/.ssh", "bad value for REMOTE_TEST_DIR: '/root/.ssh'"),
+    ("REMOTE_TEST_DIR", "~", "bad value for REMOTE_TEST_DIR: '~' (not an absolute path)"),
+    ("REMOTE_IP", "::1", "bad value for REMOTE_IP: '::1' (IPv6 addresses are not supported"),
+])
+def test_out_of_range_settings_are_one_line_and_fail_the_case(project, name, value, expected):
+    done = cli(project, "single", CASE, **{name: value})
+    assert done.returncode == 2 and "Traceback" not in done.stdout, done.stdout
+    assert expected in done.stdout and len(done.stdout.strip().splitlines()) == 1, done.stdout
+    status, reason = outcome(project)
+    assert status == "Fail" and expected in reason
+
+
+@pytest.mark.integration
+def test_run_logs_that_is_a_file_is_one_line(project):
+    (project / "run").mkdir()
+    (project / "run/logs").write_text("not a directory")
+    done = cli(project, "single", CASE)
+    assert done.returncode == 2 and "Traceback" not in done.stdout, done.stdout
+    assert done.stdout.strip() == (f"error: cannot write the run directory: {project}/run/logs "
+                                   "is not a directory")
+
+
+@pytest.mark.integration
+def test_run_dir_that_is_a_file_is_one_line(project):
+    (project / "run").write_text("not a directory")
+    done = cli(project, "group", "SGLANG")
+    assert done.returncode == 2 and "Traceback" not in done.stdout, done.stdout
+    assert "run is not a directory" in done.stdout and len(done.stdout.splitlines()) == 1
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory anyway")
+def test_read_only_run_dir_is_one_line(project):
+    (project / "run/logs").mkdir(parents=True)
+    (project / "run/logs").chmod(0o555)
+    try:
+        done = cli(project, "single", CASE)
+    finally:
+        (project / "run/logs").chmod(0o755)
+    assert done.returncode == 2 and "Traceback" not in done.stdout, done.stdout
+    assert "cannot write the run directory" in done.stdout
+
+
+# Written by every simulated server the harness starts (they carry HARNESS_SIM_COMPONENT), so
+# each server log holds bytes that are not UTF-8 before anything else.
+_GARBAGE_SITECUSTOMIZE = '''
+import os, sys
+if os.environ.get("HARNESS_SIM_COMPONENT"):
+    sys.stdout.buffer.write(b"\\xff\\xfe not utf-8 \\xc3\\x28 \\x80\\n")
+    sys.stdout.flush()
+'''
+
+
+@pytest.mark.integration
+def test_non_utf8_server_log_still_gives_a_one_line_fail(project, tmp_path):
+    """A server that crashes after writing bytes that are not UTF-8: its log tail is shown with
+    replacement characters; the case fails with one reason, no traceback. (Binds the demo's
+    ports: run under the shared lock.)"""
+    from harness.cli import DEMO_SETTINGS
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(_GARBAGE_SITECUSTOMIZE)
+    settings = {**DEMO_SETTINGS, "REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
+                "HARNESS_SIM_FAULTS": "prefill:crash", "TIMEOUT_STOP_S": "5",
+                "PYTHONPATH": str(inject),
+                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    done = cli(project, "single", "test_1p1d_erdma", **settings)
+    assert done.returncode == 1 and "Traceback" not in done.stdout, done.stdout[-3000:]
+    status, reason = outcome(project, "test_1p1d_erdma")
+    assert status == "Fail" and "prefill exited with status 1" in reason, reason
+    assert "Decode" not in reason and "\n" not in reason, reason
+    logs = list((project / "run/logs/test_1p1d_erdma").rglob("sglang_server_local.log"))
+    assert logs and b"\xff\xfe not utf-8" in logs[0].read_bytes()
+    summary = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
+    # the crash's log tail made it, the bad bytes replaced, the fault's own line after them
+    assert "\ufffd\ufffd not utf-8" in summary["log_tail"], summary
+    assert "FAULT PLAYED prefill:crash" in summary["log_tail"], summary

@@ -166,6 +166,15 @@ def test_sync_refuses_what_the_remote_host_resolves_to_a_home_or_system_dir(host
     assert os.path.isdir("/usr/lib") and os.path.isdir(home)
 
 
+def test_log_reads_survive_bytes_that_are_not_utf8(host, tmp_path):
+    log = tmp_path / "server.log"
+    log.write_bytes(b"start \xff\xfe \xc3\x28 end\nready\n")
+    assert host.read_tail(log) == "start \ufffd\ufffd \ufffd( end\nready\n"
+    text, offset = host.read_from(log, 0)
+    assert text.endswith("ready\n") and offset == log.stat().st_size
+    assert "\ufffd" in host.read_text(log)
+
+
 def test_a_command_without_a_timeout_gets_the_default_deadline(settings):
     host = SSHHost(settings, settings.remote_ip, default_timeout=1.0)
     try:
