@@ -95,6 +95,13 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def faults(session: nox.Session) -> None:
+    """Fault matrix: every simulator fault x component on the simulated cluster, as a table."""
+    _install(session, "test", "demo")
+    session.run("python", "benchmarks/faults.py", *session.posargs, **HARNESS_STOP)
+
+
+@nox.session(default=False)
 def single(session: nox.Session) -> None:
     """Run one case: nox -s single -- <case>."""
     if len(session.posargs) != 1:

@@ -61,7 +61,10 @@ def proxy_server(ctx: CaseContext, model: str, version: tuple[int, int, int]) ->
         script = str(node.layout.root / OWN_PROXY)
         ready = [log_line("Application startup complete.", s.timeout_proxy_s),
                  HttpOk(f"http://127.0.0.1:{PROXY_PORT}/health", s.timeout_proxy_s)]
-    return ctx.server("proxy", node, ["python3", "-u", script, *route],
+    argv = ["python3", "-u", script, *route]
+    if ctx.settings.harness_sim and script.endswith(OWN_PROXY):  # proxy:* faults, real proxy
+        argv[2:2] = ["-m", "harness_sim.proxy_launcher"]
+    return ctx.server("proxy", node, argv,
                       log=ctx.model_logs(node, model) / "proxy.log", ready=ready,
                       env=ctx.sim_env(node, "proxy"), pythonpath=ctx.pythonpath(node))
 

@@ -35,6 +35,8 @@ def sglang_router(ctx: CaseContext, model: str, prefill_url: str, decode_url: st
             "--host", "0.0.0.0", "--port", str(ROUTER_PORT)]
     if ctx.settings.harness_sim:  # keep the router's metrics on loopback on shared test hosts
         argv += ["--prometheus-host", "127.0.0.1"]
+        # the simulator's launcher applies router:* faults, then runs this same real router
+        argv[1:3] = ["-m", "harness_sim.router"]
     return ctx.server("router", node, argv, log=ctx.model_logs(node, model) / "load_balancer.log",
                       ready=router_ready(ROUTER_PORT, 2, ctx.settings.timeout_router_s),
                       env=ctx.sim_env(node, "router"), pythonpath=ctx.pythonpath(node))

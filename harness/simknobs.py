@@ -1,20 +1,76 @@
-"""Checks the simulator's knobs on the harness side, so a typo fails before anything starts."""
+"""Checks the simulator's knobs on the harness side, so a typo fails before anything starts.
+
+A fault knob that nothing applies is a test that cannot fail, so a pair that does not act is
+refused at start as firmly as a typo. ACTING is the table of pairs that act; the simulator
+keeps the same table (sim/site/harness_sim/faults.py, which does not import the harness: it
+runs inside serving images), and tests/unit/test_simknobs.py keeps the two equal.
+"""
 from __future__ import annotations
+
+import re
 
 from harness.errors import SettingsError
 
 COMPONENTS = ("prefill", "decode", "encoder", "router", "proxy", "payload")
 FAULTS = ("crash", "hang", "die-after-ready", "wrong-answer", "http-500", "gpu-leak")
 
+# component -> the faults that act on it, and why the others cannot.
+ACTING: dict[str, tuple[str, ...]] = {
+    "prefill": FAULTS,   # simulated SGLang/vLLM servers play every fault
+    "decode": FAULTS,
+    "encoder": FAULTS,
+    "router": ("crash", "hang", "die-after-ready"),
+    "proxy": ("crash", "hang", "die-after-ready", "wrong-answer", "http-500"),
+    "payload": FAULTS,   # the payload plays crash/hang, the servers it starts the rest
+}
+WHY_NOT = {
+    "router": "the router is the real sglang-router: harness_sim.router can keep it from "
+              "starting, stall it or end it once ready, not change its answers, and it holds "
+              "no GPU memory",
+    "proxy": "a vLLM proxy holds no GPU memory",
+}
+# vLLM before this runs the project's own proxy (real code): only the launcher's faults act.
+OWN_PROXY_BEFORE = (0, 16, 0)
+OWN_PROXY_ACTING = ("crash", "hang", "die-after-ready")
 
-def check_faults(text: str) -> list[tuple[str, str]]:
-    """Parse HARNESS_SIM_FAULTS (`component:fault,...`); anything unknown is a SettingsError."""
+
+def _version(text: str) -> tuple[int, int, int] | None:
+    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
+    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+
+
+def _refuse(item: str, component: str, why: str, acting: tuple[str, ...]) -> SettingsError:
+    return SettingsError(f"HARNESS_SIM_FAULTS item {item!r} is refused: nothing applies it "
+                         f"({why}); {component} faults that act: {', '.join(acting)}")
+
+
+def check_faults(text: str, vllm_version: str = "") -> list[tuple[str, str]]:
+    """Parse HARNESS_SIM_FAULTS (`component:fault,...`): unknown names, and pairs that nothing
+    applies (with HARNESS_SIM_VLLM_VERSION `vllm_version`, which picks the vLLM proxy), are a
+    SettingsError of one line."""
     pairs = []
+    own_proxy = (_version(vllm_version) or OWN_PROXY_BEFORE) < OWN_PROXY_BEFORE
     for item in filter(None, (part.strip() for part in text.split(","))):
         component, sep, fault = item.partition(":")
         if not sep or component not in COMPONENTS or fault not in FAULTS:
             raise SettingsError(
                 f"bad HARNESS_SIM_FAULTS item {item!r}: expected component:fault with component "
                 f"in {', '.join(COMPONENTS)} and fault in {', '.join(FAULTS)}")
+        if fault not in ACTING[component]:
+            raise _refuse(item, component, WHY_NOT.get(component, ""), ACTING[component])
+        if component == "proxy" and own_proxy and fault not in OWN_PROXY_ACTING:
+            raise _refuse(item, component, f"HARNESS_SIM_VLLM_VERSION {vllm_version} runs the "
+                          "project's own proxy, real code that the launcher can stop from "
+                          "starting, stall or end, not make answer wrongly", OWN_PROXY_ACTING)
         pairs.append((component, fault))
     return pairs
+
+
+def acting_pairs() -> list[tuple[str, str]]:
+    """Every (component, fault) that acts, in table order."""
+    return [(c, f) for c in COMPONENTS for f in FAULTS if f in ACTING[c]]
+
+
+def refused_pairs() -> list[tuple[str, str]]:
+    """Every (component, fault) that is refused whatever the vLLM version."""
+    return [(c, f) for c in COMPONENTS for f in FAULTS if f not in ACTING[c]]

@@ -24,9 +24,30 @@ def test_parse_blank_and_trailing_comma(text: str | None) -> None:
     assert faults.parse(text) == expected
 
 
-def test_every_component_and_fault_is_accepted() -> None:
-    text = ",".join(f"{c}:{f}" for c in faults.COMPONENTS for f in faults.FAULTS)
-    assert len(faults.parse(text)) == len(faults.COMPONENTS) * len(faults.FAULTS)
+def test_every_acting_pair_is_accepted() -> None:
+    pairs = [(c, f) for c in faults.COMPONENTS for f in faults.ACTING[c]]
+    assert faults.parse(",".join(f"{c}:{f}" for c, f in pairs)) == pairs
+
+
+@pytest.mark.parametrize("item", ["router:wrong-answer", "router:http-500", "router:gpu-leak",
+                                  "proxy:gpu-leak"])
+def test_pairs_nothing_plays_are_refused_with_one_line(item: str) -> None:
+    with pytest.raises(ValueError) as info:
+        faults.parse(item)
+    message = str(info.value)
+    assert "\n" not in message and "refused" in message and item in message
+    component = item.split(":")[0]
+    assert ", ".join(faults.ACTING[component]) in message
+
+
+def test_played_line_is_timestamped(capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+    before = time.time()
+    faults.played("decode", "crash", "exiting")
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("[harness-sim] FAULT PLAYED decode:crash at ")
+    stamp = float(line.split(" at ")[1].split()[0])
+    assert before - 0.01 <= stamp <= time.time() + 0.01
 
 
 @pytest.mark.parametrize("text", ["decode:explode", "gpu:crash", "decode", "decode:crash:x",

@@ -9,11 +9,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import __version__, api
+from harness_sim import __version__, api, faults
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
-from harness_sim.wiring import QuietHTTPServer, http_url, post_json, probe_bootstrap
+from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url, post_json,
+                                probe_bootstrap)
 
 MAX_BODY = 64 * 1024 * 1024  # a base64 photo is a few MB; anything larger is a mistake
 
@@ -27,6 +28,7 @@ class Engine:
     faults: set[str] = field(default_factory=set)
     component: str | None = None
     encoder_url: str | None = None  # the live encoder of a language-only prefill
+    kv: KvLedger = field(default_factory=KvLedger)  # a prefill: the KV it hands over, per room
     started: float = field(default_factory=time.time)
 
     @property
@@ -34,7 +36,17 @@ class Engine:
         return self.args.served_model_name or self.args.model_path
 
     def answer(self, prompt: str) -> str:
-        return WRONG if "wrong-answer" in self.faults else answer_text(prompt)
+        if "wrong-answer" in self.faults:
+            faults.played_once(self.component, "wrong-answer", f"answering {WRONG!r}")
+            return WRONG
+        return answer_text(prompt)
+
+    def refuse_if_failing(self) -> None:
+        """The `http-500` fault: generation (and /encode) answer HTTP 500."""
+        if "http-500" in self.faults:
+            faults.played_once(self.component, "http-500", "answering HTTP 500")
+            raise api.ApiError(500, "simulated fault http-500 (HARNESS_SIM_FAULTS)",
+                               "InternalServerError")
 
     def server_info(self) -> dict[str, Any]:
         info = self.args.as_dict()
@@ -62,17 +74,22 @@ class Engine:
 
     # --- gates in front of every generation request ---
 
-    def check_generation(self, body: Mapping[str, Any], image: bool) -> None:
-        """Raise ApiError when this server must refuse: a fault, or broken PD/EPD wiring."""
-        if "http-500" in self.faults:
-            raise api.ApiError(500, "simulated fault http-500 (HARNESS_SIM_FAULTS)",
-                               "InternalServerError")
+    def check_generation(self, body: Mapping[str, Any], image: bool) -> api.Answer:
+        """Raise ApiError when this server must refuse: a fault, or broken PD/EPD wiring.
+        Returns how to answer: wrongly when the KV this decode loads is bad."""
+        self.refuse_if_failing()
+        bad_kv = False
         if self.args.disaggregation_mode == "decode":
-            self._check_bootstrap(body)
-        if image and self.encoder_url:
-            self._encode(body)
+            bad_kv = self._check_bootstrap(body)
+        bad_embedding = bool(image and self.encoder_url) and not self._encode(body)
+        if self.args.disaggregation_mode == "prefill":
+            self.kv.record(body.get("bootstrap_room"), bad=bad_embedding)
+        if bad_kv or bad_embedding:
+            return lambda _prompt: WRONG
+        return self.answer
 
-    def _check_bootstrap(self, body: Mapping[str, Any]) -> None:
+    def _check_bootstrap(self, body: Mapping[str, Any]) -> bool:
+        """Check the prefill this request names is live; True when it handed over bad KV."""
         hosts, ports, rooms = (body.get("bootstrap_host"), body.get("bootstrap_port"),
                                body.get("bootstrap_room"))
         if hosts is None or rooms is None:
@@ -93,8 +110,17 @@ class Engine:
             # Logged so a PD failure can be read straight from the decode log.
             say(f"[harness-sim] prefill bootstrap {host}:{port_number} is live "
                 f"(bootstrap_room {rooms})")
+        room = rooms[0] if isinstance(rooms, list) and rooms else rooms
+        bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
+                                 room) == "bad"
+                  for host, port in set(zip(map(str, host_list), port_list, strict=False)))
+        if bad:
+            say(f"[harness-sim] the KV handed over for bootstrap_room {rooms} is bad: answering "
+                "wrongly")
+        return bad
 
-    def _encode(self, body: Mapping[str, Any]) -> None:
+    def _encode(self, body: Mapping[str, Any]) -> bool:
+        """Ask the encoder to embed this request's image; False when its embedding is wrong."""
         assert self.encoder_url
         url = f"{self.encoder_url}/encode"
         try:
@@ -106,14 +132,18 @@ class Engine:
             detail = answer.get("message", answer) if isinstance(answer, dict) else answer
             raise api.ApiError(500, f"encoder {url} answered HTTP {status}: {detail}",
                                "InternalServerError")
+        return not (isinstance(answer, dict) and answer.get("embedding_ok") is False)
 
     def encode(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The encoder-only server's /encode: a small made-up embedding handle."""
-        if "http-500" in self.faults:
-            raise api.ApiError(500, "simulated fault http-500 (HARNESS_SIM_FAULTS)",
-                               "InternalServerError")
+        self.refuse_if_failing()
+        wrong = "wrong-answer" in self.faults
+        if wrong:
+            faults.played_once(self.component, "wrong-answer",
+                               "embedding the image wrongly (the answer will not see the cat)")
         return {"simulated": True, "rid": body.get("rid"), "embedding_shape": [1, 16],
-                "transfer_backend": self.args.encoder_transfer_backend}
+                "transfer_backend": self.args.encoder_transfer_backend,
+                "embedding_ok": not wrong}
 
 
 # Routes: (method, path) -> handler method name. Encoder-only servers serve only a subset.
@@ -273,8 +303,8 @@ class EngineHandler(BaseHTTPRequestHandler):
 
     def route_generate(self, raw: bytes) -> None:
         body = self._json_object(raw)
-        self.engine.check_generation(body, image=bool(body.get("image_data")))
-        result = api.generate(body, self.engine.answer)
+        answer = self.engine.check_generation(body, image=bool(body.get("image_data")))
+        result = api.generate(body, answer)
         if body.get("stream"):
             self._send_stream(result if isinstance(result, list) else [result])
         else:
@@ -282,14 +312,14 @@ class EngineHandler(BaseHTTPRequestHandler):
 
     def route_chat(self, raw: bytes) -> None:
         body = self._json_object(raw)
-        self.engine.check_generation(body, image=has_image(body.get("messages")))
-        result = api.chat_completion(body, self.engine.answer, self.engine.served_model)
+        answer = self.engine.check_generation(body, image=has_image(body.get("messages")))
+        result = api.chat_completion(body, answer, self.engine.served_model)
         self._send_chat(body, result)
 
     def route_completions(self, raw: bytes) -> None:
         body = self._json_object(raw)
-        self.engine.check_generation(body, image=False)
-        result = api.completion(body, self.engine.answer, self.engine.served_model)
+        answer = self.engine.check_generation(body, image=False)
+        result = api.completion(body, answer, self.engine.served_model)
         self._send_stream([result]) if body.get("stream") else self._send_json(200, result)
 
     # --- the access log, in uvicorn's shape ---

@@ -5,12 +5,18 @@ A server knows its own component from HARNESS_SIM_COMPONENT, which only the harn
 (for servers it starts in a double case); servers a pytest payload starts for itself have
 no component, so they are never affected. Payloads ask for `active_faults("payload")`.
 
-Anything unknown is a ValueError with one line naming what is accepted, because a typo in
-a fault knob must fail loudly rather than silently test nothing.
+Anything unknown, and any pair that nothing applies (see ACTING), is a ValueError with one
+line naming what is accepted, because a fault knob that does nothing is a test that cannot
+fail. `harness/simknobs.py` holds the same table for the harness's start-up check; a unit test
+keeps the two equal.
+
+Whoever plays a fault says so with `played()`: one timestamped line in its log, from which
+the fault matrix (benchmarks/faults.py) measures how long the harness took to report it.
 """
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 
 FAULTS_ENV = "HARNESS_SIM_FAULTS"
@@ -25,6 +31,28 @@ FAULTS: tuple[str, ...] = (
     "http-500",         # healthy, but generation requests answer HTTP 500
     "gpu-leak",         # the host reset later finds GPU memory held (not the engine's business)
 )
+
+# The pairs that act, and who plays them. Everything else is refused.
+_SERVER_FAULTS = FAULTS  # a simulated SGLang or vLLM server plays every fault
+ACTING: dict[str, tuple[str, ...]] = {
+    "prefill": _SERVER_FAULTS,
+    "decode": _SERVER_FAULTS,
+    "encoder": _SERVER_FAULTS,
+    # harness_sim.router wraps the real sglang-router: it can keep it from starting, stall it,
+    # or end it once ready; what the real router answers is not ours to change, and it holds
+    # no GPU memory.
+    "router": ("crash", "hang", "die-after-ready"),
+    # The simulated Mooncake connector proxy (vLLM >= 0.16) plays these itself; the project's
+    # own proxy (older vLLM) is real code, wrapped by harness_sim.proxy_launcher, which plays
+    # only OWN_PROXY_ACTING. A proxy holds no GPU memory.
+    "proxy": ("crash", "hang", "die-after-ready", "wrong-answer", "http-500"),
+    # The payload process plays crash and hang (sglang.test.test_utils on import); the servers
+    # it starts for itself play the rest (they get HARNESS_SIM_COMPONENT=payload).
+    "payload": _SERVER_FAULTS,
+}
+OWN_PROXY_ACTING: tuple[str, ...] = ("crash", "hang", "die-after-ready")
+PAYLOAD_SERVER_FAULTS: tuple[str, ...] = ("die-after-ready", "wrong-answer", "http-500",
+                                          "gpu-leak")
 
 # Exit codes of a simulated server, so the harness and tests can tell causes apart.
 EXIT_OK = 0
@@ -51,8 +79,20 @@ def parse(text: str | None) -> list[tuple[str, str]]:
         component, sep, fault = (s.strip() for s in item.partition(":"))
         if not sep or component not in COMPONENTS or fault not in FAULTS:
             raise ValueError(f"bad {FAULTS_ENV} item {item!r}: {_accepted()}")
+        if fault not in ACTING[component]:
+            raise ValueError(f"{FAULTS_ENV} item {item!r} is refused: nothing in the simulator "
+                             f"plays it; {component} faults that act: "
+                             f"{', '.join(ACTING[component])}")
         pairs.append((component, fault))
     return pairs
+
+
+def played(component: str | None, fault: str, what: str) -> None:
+    """One timestamped line in this process's log: the moment a fault takes effect."""
+    from harness_sim.console import say  # console has no imports of ours; keep this module light
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    say(f"[harness-sim] FAULT PLAYED {component or '-'}:{fault} at {now:.3f} ({stamp}): {what}")
 
 
 def check_component(name: str | None) -> str | None:
@@ -91,3 +131,13 @@ def own_faults(environ: Mapping[str, str] | None = None) -> set[str]:
     """The faults for this process's own component (empty when it has none)."""
     env = os.environ if environ is None else environ
     return active_faults(own_component(env), environ=env)
+
+
+_played_already: set[tuple[str | None, str]] = set()
+
+
+def played_once(component: str | None, fault: str, what: str) -> None:
+    """`played()` the first time a fault that acts per request (wrong-answer, http-500) acts."""
+    if (component, fault) not in _played_already:
+        _played_already.add((component, fault))
+        played(component, fault, what)

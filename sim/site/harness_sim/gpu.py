@@ -27,6 +27,7 @@ import socket
 from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 
+from harness_sim import faults
 from harness_sim.sglang_args import ServerArgs
 
 GPU_DIR_ENV = "HARNESS_SIM_GPU_DIR"
@@ -91,6 +92,9 @@ def hold(args: ServerArgs, active_faults: Set[str], component: str | None,
                          f"({exc.strerror or exc})") from None
     _held.clear()
     _held.update(path=path, leak=record["leak"])
+    if record["leak"]:
+        faults.played(component, "gpu-leak", f"{record['mb_per_gpu']} MB on GPUs "
+                      f"{record['gpus']} stay held after this process exits ({path.name})")
     atexit.register(release)
     return path
 

@@ -20,7 +20,6 @@ from harness_sim.console import say
 from harness_sim.wiring import QuietHTTPServer
 
 TAG = "[harness-sim]"
-DIE_AFTER_READY_S = 0.2
 
 # (what is bound, for the error line; how to bind it)
 Binding = tuple[str, Callable[[], QuietHTTPServer]]
@@ -100,10 +99,12 @@ def load_model(stopper: Stopper, startup_s: float, active: set[str], component: 
 def startup_fault(active: set[str], component: str | None, stopper: Stopper) -> int | None:
     """`crash` exits before ready; `hang` never gets ready (until stopped). None: neither."""
     if "crash" in active:
+        faults.played(component, "crash", f"exiting with status {faults.EXIT_CRASH} before ready")
         say(f"{TAG} RuntimeError: simulated fault crash ({component}:crash): exiting with "
             f"status {faults.EXIT_CRASH} before ready")
         return faults.EXIT_CRASH
     if "hang" in active:
+        faults.played(component, "hang", "never becoming ready")
         say(f"{TAG} simulated fault hang ({component}:hang): never becoming ready")
         stopper.wait()
         return stopper.farewell()
@@ -144,17 +145,22 @@ def serving(servers: list[QuietHTTPServer]) -> Iterator[None]:
         close(servers, serving=True)
 
 
-def die_after_ready(stopper: Stopper) -> int:
-    if stopper.wait(DIE_AFTER_READY_S):
-        return stopper.farewell()
+def die_once_ready(servers: list[QuietHTTPServer], print_ready: Callable[[], None],
+                   component: str | None) -> int:
+    """`die-after-ready`: the sockets close, then the ready lines are written and the server
+    exits 3 at once. Dying before anyone could use it (rather than a moment after) is what
+    makes the fault certain to be noticed: a client quick enough to be served in that moment
+    would otherwise make the fault do nothing."""
+    close(servers, serving=True)
+    print_ready()
+    faults.played(component, "die-after-ready", "closed its ports once ready; exiting with "
+                  f"status {faults.EXIT_DIED_AFTER_READY}")
     say(f"{TAG} simulated fault die-after-ready: exiting with status "
         f"{faults.EXIT_DIED_AFTER_READY}")
     return faults.EXIT_DIED_AFTER_READY
 
 
-def until_stopped(active: set[str], stopper: Stopper) -> int:
-    """Serve until SIGTERM/SIGINT, or, with `die-after-ready`, exit a moment after ready."""
-    if "die-after-ready" in active:
-        return die_after_ready(stopper)
+def until_stopped(stopper: Stopper) -> int:
+    """Serve until SIGTERM/SIGINT."""
     stopper.wait()
     return stopper.farewell()

@@ -21,6 +21,7 @@ from harness_sim.serving import (
     Stopper,
     announce,
     bind,
+    die_once_ready,
     load_model,
     say_ignored,
     say_uvicorn_starting,
@@ -29,7 +30,7 @@ from harness_sim.serving import (
     usage_error,
 )
 from harness_sim.sglang_args import ServerArgs, parse_server_args
-from harness_sim.wiring import BootstrapServer, wait_for_encoder
+from harness_sim.wiring import BootstrapServer, KvLedger, wait_for_encoder
 
 STARTUP_ENV = "HARNESS_SIM_STARTUP_S"
 MODEL_DIR_ENV = "HARNESS_SIM_MODEL_DIR"
@@ -70,7 +71,7 @@ def _bindings(engine: Engine) -> list[Binding]:
     if args.disaggregation_mode == "prefill":
         bindings.append((f"bootstrap port {args.host}:{args.disaggregation_bootstrap_port}",
                          lambda: BootstrapServer(args.host, args.disaggregation_bootstrap_port,
-                                                 args.port, engine.model_path)))
+                                                 args.port, engine.model_path, engine.kv)))
     bindings.append((f"HTTP port {args.host}:{args.port}", lambda: EngineServer(engine)))
     return bindings
 
@@ -97,7 +98,9 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     except ValueError as exc:
         return usage_error(exc)
     engine = Engine(args=args, model_path=reported_model_path(args, environ),
-                    faults=active, component=component)
+                    faults=active, component=component,
+                    kv=KvLedger(always_bad="wrong-answer" in active,
+                                per_request=bool(args.language_only and args.encoder_urls)))
     say(f"{TAG} role={args.role} component={component or '-'} "
         f"faults={','.join(sorted(active)) or '-'} model_path={engine.model_path} "
         f"startup={startup_s}s")
@@ -130,8 +133,11 @@ def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:
                 f"{args.host}:{servers[0].server_port}")
         engine_server = servers[-1]
         assert isinstance(engine_server, EngineServer)
+        if "die-after-ready" in engine.faults:
+            return die_once_ready(servers, lambda: _print_ready(engine, engine_server),
+                                  engine.component)
         _print_ready(engine, engine_server)
-        return until_stopped(engine.faults, stopper)
+        return until_stopped(stopper)
 
 
 def main(argv: list[str] | None = None) -> int:

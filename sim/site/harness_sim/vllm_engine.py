@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import api
+from harness_sim import api, faults
 from harness_sim.answers import WRONG, answer_text, count_tokens, prompt_from_messages
 from harness_sim.console import say
 from harness_sim.engine import EngineHandler, EngineServer
@@ -43,6 +43,11 @@ BOOTSTRAP_ROLE = "kv_producer-bootstrap"
 BLOCK_TOKENS = 16                 # tokens per simulated KV block
 MAX_TRANSFERS = 4096              # remembered prefills per producer
 _WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def wrong_answer(_prompt: str) -> str:
+    """What a `wrong-answer` server, or a decode that loaded bad KV, says to anything."""
+    return WRONG
 
 
 def advertised_host(host: str) -> str:
@@ -159,9 +164,15 @@ class VllmEngine:
         """Check faults and PD wiring; returns the answer function and the response's
         kv_transfer_params. Raises ApiError when the server must refuse."""
         if "http-500" in self.faults:
+            faults.played_once(self.component, "http-500", "answering HTTP 500")
             raise api.ApiError(500, "simulated fault http-500 (HARNESS_SIM_FAULTS)",
                                "InternalServerError")
-        answer: api.Answer = (lambda _p: WRONG) if "wrong-answer" in self.faults else answer_text
+        answer: api.Answer = answer_text
+        if "wrong-answer" in self.faults:
+            faults.played_once(self.component, "wrong-answer",
+                               "answering wrongly" + (" (bad KV handed over)"
+                                                      if self.is_producer else ""))
+            answer = wrong_answer
         params = _kv_params(body)
         if self.args.kv_role is None:
             return answer, None  # no KV connector: vLLM ignores kv_transfer_params
@@ -179,7 +190,7 @@ class VllmEngine:
                                    "the proxy's --decode pointing at the prefill server?",
                                    "InternalServerError")
             transfer = self._check_remote_prefill(params)
-            return ((lambda _p: WRONG) if transfer.get("wrong") else answer), None
+            return (wrong_answer if transfer.get("wrong") else answer), None
         if self.args.kv_role == "kv_consumer":
             raise api.ApiError(500, "kv_consumer got a request without kv_transfer_params."
                                "do_remote_prefill=true: send it through the disaggregated "

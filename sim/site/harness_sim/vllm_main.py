@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Mapping
 
-from harness_sim import TOKENIZER_DIR, faults
+from harness_sim import TOKENIZER_DIR, faults, gpu
 from harness_sim.console import say
 from harness_sim.serving import (
     TAG,
     Binding,
     announce,
     bind,
+    die_once_ready,
     load_model,
     say_ignored,
     say_uvicorn_starting,
@@ -68,13 +69,18 @@ def reported_model_path(args: VllmArgs, environ: Mapping[str, str]) -> str:
     return chosen or args.model
 
 
-def gpu_hook(event: str, engine: VllmEngine | None) -> None:
-    """Hook point for the simulated GPU memory source (SPEC section 9, "GPU"), called with
-    `start` (knobs read, before the "model load": where a real server takes GPU memory),
-    `ready` (serving) and `stopped` (on every exit path; `engine` is None when the server
-    stopped before it had one). Nothing happens here yet: the GPU memory source
-    (harness_sim.gpu) is written for SGLang's arguments; vLLM's GPUs would come from
-    CUDA_VISIBLE_DEVICES and --tensor-parallel-size."""
+def visible_gpus(environ: Mapping[str, str], tp_size: int) -> list[int]:
+    """The GPUs a vLLM server takes: the first --tensor-parallel-size of CUDA_VISIBLE_DEVICES
+    (all of 0.. when it is unset). A value that is not a list of numbers is a ValueError."""
+    raw = environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not raw:
+        return list(range(max(1, tp_size)))
+    try:
+        listed = [int(part) for part in raw.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"bad CUDA_VISIBLE_DEVICES {raw!r}: expected GPU numbers such as 6,7"
+                         ) from None
+    return listed[:max(1, tp_size)]
 
 
 def _log(message: str, source: str = "api_server.py") -> None:
@@ -115,6 +121,9 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         bootstrap_port = bootstrap_port_knob(environ)
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
+        # simulated GPU memory, taken before the "model load" as vLLM does; released at exit
+        gpu.hold(args, active, component, environ,
+                 gpus=visible_gpus(environ, args.tensor_parallel_size))
     except ValueError as exc:
         return usage_error(exc)
     engine = VllmEngine(args=args, model_path=reported_model_path(args, environ),
@@ -125,7 +134,6 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         f"faults={','.join(sorted(active)) or '-'} model_path={engine.model_path} "
         f"version={version} startup={startup_s}s "
         f"CUDA_VISIBLE_DEVICES={environ.get('CUDA_VISIBLE_DEVICES', '-')}")
-    gpu_hook("start", engine)
     _log(f"vLLM API server version {version}")
     _log(f"non-default args: {args.non_default()}", "utils.py")
 
@@ -140,14 +148,18 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     with serving(servers):
         http_server = servers[-1]
         assert isinstance(http_server, VllmServer)
-        _print_ready(engine, http_server)
-        say(f"INFO:     Uvicorn running on {http_server.url} (Press CTRL+C to quit)")
-        gpu_hook("ready", engine)
-        return until_stopped(active, stopper)
+        def print_ready() -> None:
+            _print_ready(engine, http_server)
+            say(f"INFO:     Uvicorn running on {http_server.url} (Press CTRL+C to quit)")
+
+        if "die-after-ready" in active:
+            return die_once_ready(servers, print_ready, component)
+        print_ready()
+        return until_stopped(stopper)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(sys.argv[1:] if argv is None else argv, os.environ)
     finally:
-        gpu_hook("stopped", None)
+        gpu.release()

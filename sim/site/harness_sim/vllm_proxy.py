@@ -45,7 +45,7 @@ from harness_sim.serving import (
     Stopper,
     announce,
     bind,
-    die_after_ready,
+    die_once_ready,
     say_uvicorn_starting,
     serving,
     startup_fault,
@@ -170,7 +170,8 @@ def wait_for_prefillers(state: ProxyState, stopper: Stopper) -> None:
                 return
         say(f"Inited prefiller {prefiller.url} with dp_size={len(prefiller.engine_ids)}")
     state.ready.set()
-    say(READY_LINE)
+    if "die-after-ready" not in state.faults:  # that one closes its listener first
+        say(READY_LINE)
 
 
 # --- requests -----------------------------------------------------------------------------
@@ -223,6 +224,7 @@ def decode_body(body: dict[str, Any], prefiller: Prefiller, dp_rank: int,
 
 def make_wrong(data: bytes) -> bytes:
     """The `wrong-answer` fault: every choice's text becomes `I do not know.` (JSON or SSE)."""
+    faults.played_once("proxy", "wrong-answer", f"rewriting every answer to {WRONG!r}")
     def one(text: bytes) -> bytes:
         try:
             obj = json.loads(text)
@@ -259,6 +261,7 @@ class ProxyHandler(EngineHandler):
             raise api.ApiError(503, "Service Unavailable: not every prefiller is ready",
                                "ServiceUnavailable")
         if "http-500" in state.faults:
+            faults.played_once("proxy", "http-500", "answering HTTP 500")
             raise api.ApiError(500, "simulated fault http-500 (HARNESS_SIM_FAULTS)",
                                "InternalServerError")
         path = self.path.split("?", 1)[0]
@@ -320,16 +323,24 @@ def run(argv: list[str]) -> int:
         say(f"INFO:     Uvicorn running on {http_url(args.host, servers[0].server_port)} "
             "(Press CTRL+C to quit)")
         if "die-after-ready" in active:
-            while not state.ready.is_set():
-                if stopper.wait(0.05):
-                    return stopper.farewell()
-            return die_after_ready(stopper)
+            return _die_once_ready(state, servers, stopper, component)
         stopper.wait()
         code = stopper.farewell()
         say("INFO:     Shutting down")
         say("INFO:     Application shutdown complete.")
         say(f"INFO:     Finished server process [{os.getpid()}]")
         return code
+
+
+def _die_once_ready(state: ProxyState, servers: list[QuietHTTPServer], stopper: Stopper,
+                    component: str | None) -> int:
+    """`die-after-ready`: once every prefiller is ready, the listener closes, then the ready line
+    is written and the proxy exits 3, so no request can slip in between: whoever sees the line
+    finds a proxy that is gone."""
+    while not state.ready.is_set():
+        if stopper.wait(0.05):
+            return stopper.farewell()
+    return die_once_ready(servers, lambda: say(READY_LINE), component)
 
 
 def main(argv: list[str] | None = None) -> int:

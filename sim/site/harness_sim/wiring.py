@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import threading
 import time
+import urllib.parse
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +23,7 @@ from harness_sim.console import say
 
 BOOTSTRAP_ROLE = "prefill-bootstrap"
 PROBE_TIMEOUT_S = 2.0
+KV_WAIT_S = 2.0   # how long a decode waits for an EPD prefill to have handled its room
 
 # Loopback-only simulator traffic must never go through an http_proxy from the environment.
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -92,13 +95,48 @@ def send_json(handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
 
 # --- the prefill's bootstrap server -------------------------------------------------------
 
+class KvLedger:
+    """Whether the KV a prefill hands over is good, per bootstrap room.
+
+    A prefill with the `wrong-answer` fault always hands over bad KV. A language-only (EPD)
+    prefill hands over bad KV for a request whose image embedding its encoder got wrong, so
+    the decode must wait until that prefill has seen the room; any other prefill's KV is known
+    up front."""
+
+    def __init__(self, always_bad: bool = False, per_request: bool = False) -> None:
+        self.always_bad, self.per_request = always_bad, per_request
+        self._rooms: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def record(self, rooms: Any, bad: bool) -> None:
+        quality = "bad" if bad or self.always_bad else "good"
+        with self._lock:
+            for room in rooms if isinstance(rooms, list) else [rooms]:
+                if room is not None:
+                    self._rooms[str(room)] = quality
+            while len(self._rooms) > 4096:  # remember recent rooms only
+                self._rooms.pop(next(iter(self._rooms)))
+
+    def lookup(self, room: str) -> str | None:
+        if self.always_bad:
+            return "bad"
+        if not self.per_request:
+            return "good"
+        with self._lock:
+            return self._rooms.get(room)
+
+
 class _BootstrapHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: BootstrapServer
 
     def do_GET(self) -> None:
-        if self.path.split("?")[0] == "/health":
+        path, _, query = self.path.partition("?")
+        if path == "/health":
             status, body = 200, self.server.identity
+        elif path == "/kv":
+            room = urllib.parse.parse_qs(query).get("room", [""])[0]
+            status, body = 200, {"room": room, "kv": self.server.kv.lookup(room)}
         else:
             status, body = 404, {"object": "error", "message": f"Not Found: {self.path}",
                                  "type": "NotFoundError", "param": None, "code": 404}
@@ -111,8 +149,10 @@ class _BootstrapHandler(BaseHTTPRequestHandler):
 class BootstrapServer(QuietHTTPServer):
     """The simulated prefill's disaggregation bootstrap server (GET /health identifies it)."""
 
-    def __init__(self, host: str, port: int, http_port: int, model_path: str) -> None:
+    def __init__(self, host: str, port: int, http_port: int, model_path: str,
+                 kv: KvLedger | None = None) -> None:
         super().__init__(host, port, _BootstrapHandler)
+        self.kv = kv or KvLedger()
         self.identity = {"status": "ok", "role": BOOTSTRAP_ROLE, "simulated": True,
                          "bootstrap_port": self.server_port, "http_port": http_port,
                          "model_path": model_path}
@@ -130,6 +170,22 @@ def probe_bootstrap(host: str, port: int, timeout: float = PROBE_TIMEOUT_S) -> s
     if not isinstance(body, dict) or body.get("role") != BOOTSTRAP_ROLE:
         return "something answers there, but it is not a prefill bootstrap server"
     return None
+
+
+def handed_over_kv(host: str, port: int, room: Any, wait_s: float = KV_WAIT_S) -> str:
+    """`bad` when the prefill at host:port handed over bad KV for `room`, else `good` (also
+    when it cannot tell: an unknown room after `wait_s`, a prefill without /kv)."""
+    url = http_url(host, port, "/kv?" + urllib.parse.urlencode({"room": str(room)}))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            status, body = get_json(url)
+        except (OSError, ValueError):
+            return "good"
+        quality = body.get("kv") if status == 200 and isinstance(body, dict) else "good"
+        if quality is not None or time.monotonic() >= deadline:
+            return quality or "good"
+        time.sleep(0.02)
 
 
 # --- the encoder of an EPD prefill ----------------------------------------------------------

@@ -15,9 +15,15 @@ Differences from the real module, on purpose:
   the test machine is shared;
 - launch timeouts are short (TIMEOUT_SERVER_READY_S, default 60 s).
 
-Fault injection: HARNESS_SIM_FAULTS containing `payload:crash` makes importing this module
-print one line and raise, so every payload's pytest run fails (non-zero exit) as a crashed
-test run would.
+Fault injection (component `payload`, HARNESS_SIM_FAULTS), played where a real test run
+would go wrong, so the payload's own checks decide:
+- `crash`: importing this module prints one line and raises, so every payload's pytest run
+  fails (non-zero exit) as a crashed test run would;
+- `hang`: importing this module never returns (until the harness stops the payload at
+  TIMEOUT_CASE_S);
+- `die-after-ready`, `wrong-answer`, `http-500`, `gpu-leak`: the servers this module starts
+  play them (they run with HARNESS_SIM_COMPONENT=payload), so e.g. a wrong answer fails the
+  payload's accuracy check and a leak fails the host reset after the case.
 """
 from __future__ import annotations
 
@@ -38,10 +44,28 @@ from sglang.srt.utils import is_port_available, kill_process_tree
 
 _CRASH_MESSAGE = ("HARNESS_SIM: injected fault payload:crash (HARNESS_SIM_FAULTS) -- the "
                   "simulated sglang.test.test_utils refuses to load, so this payload fails")
-if "crash" in _faults.active_faults("payload"):
+_PAYLOAD_FAULTS = _faults.active_faults("payload")
+if "crash" in _PAYLOAD_FAULTS:
+    _faults.played("payload", "crash", "sglang.test.test_utils refuses to load")
     print(_CRASH_MESSAGE, file=sys.stderr, flush=True)
     # An exception, not SystemExit: pytest reports it as a collection error and exits non-zero.
     raise RuntimeError(_CRASH_MESSAGE)
+if "hang" in _PAYLOAD_FAULTS:
+    _faults.played("payload", "hang", "sglang.test.test_utils never finishes loading")
+    while True:  # SIGTERM from the harness's stop ends the process (default action)
+        time.sleep(3600)
+
+
+def _server_env(env: dict | None) -> dict:
+    """The environment of a server this module starts: the payload's faults that a server
+    plays (HARNESS_SIM_COMPONENT=payload), and no others (a server never plays crash/hang
+    for the payload: those are the payload's own, played above)."""
+    env = dict(os.environ if env is None else env)
+    served = [f for f in _faults.PAYLOAD_SERVER_FAULTS if f in _PAYLOAD_FAULTS]
+    if served:
+        env["HARNESS_SIM_COMPONENT"] = "payload"
+        env["HARNESS_SIM_FAULTS"] = ",".join(f"payload:{f}" for f in served)
+    return env
 
 # The model constants SGLang's tests use (values as in SGLang's test_utils).
 DEFAULT_MODEL_NAME_FOR_TEST = "meta-llama/Llama-3.1-8B-Instruct"
@@ -112,6 +136,7 @@ def _server_command(model: str, base_url: str, other_args, api_key: str | None) 
 
 
 def _spawn(command: list[str], env: dict | None, return_stdout_stderr=None) -> subprocess.Popen:
+    env = _server_env(env)
     if not return_stdout_stderr:
         return subprocess.Popen(command, env=env, start_new_session=True)
     proc = subprocess.Popen(command, env=env, start_new_session=True, text=True, bufsize=1,
