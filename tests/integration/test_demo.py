@@ -1,6 +1,7 @@
 """The demo: the whole SGLANG group on two local nodes, simulated engines, the real router."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -59,6 +60,15 @@ def test_demo_group_passes_with_remote_logs_collected(project, tmp_path):
     assert "cat" in json.loads((epd / "curl_response.log").read_text())[
         "choices"][0]["message"]["content"].lower()
     assert "skipped" in done.stdout  # prep steps that cannot apply are shown, not dropped
+    # This machine has the RDMA libraries: the hicache case ran the REAL Mooncake master, not
+    # the simulator's stand-in (which says SIMULATED; see the test without the libraries).
+    masters = sorted((project / "run/logs/test_hicache_storage_mooncake_backend").rglob(
+        "*master*.log"))
+    assert masters
+    for log in masters:
+        text = log.read_text(errors="replace")
+        assert "SIMULATED mooncake_master" not in text, f"{log}: the stand-in ran"
+        assert re.search(r"master\.cpp:\d+\] Master service started on port", text), log
     assert "test_moe_mooncake" in done.stdout.split("case ")[-1]  # the summary table
 
 
