@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from harness import prep, procs
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Interrupted
 from harness.hosts import LocalHost
 from harness.layout import Layout
 from harness.gpu import SimGpu, sim_gpu_dir
