@@ -7,7 +7,9 @@ exactly as the harness starts engines; every group is SIGKILLed at the end of it
 from __future__ import annotations
 
 import http.server
+import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -16,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import NotReady, ServerExited
-from harness.hosts import LocalHost
-from harness.nodes import HostNode, local_group_alive
+from harness.nodes import local_group_alive
 from harness.servers import (SGLANG_READY, AnyOf, HttpOk, LogLines, Server, log_line,
                              sglang_ready, start_all)
 from tests.simproc import free_port, wait_for
@@ -27,23 +28,6 @@ READY = "READY-LINE"
 LONG_S = 30.0
 # A death must be reported within this (the alive check runs every second; a loaded machine).
 REPORTED_S = 15.0
-
-
-@pytest.fixture
-def node(tmp_path):
-    return HostNode(LocalHost("local", "127.0.0.1"), tmp_path)
-
-
-@pytest.fixture
-def servers():
-    started: list[Server] = []
-    yield started
-    for server in started:
-        if server.proc is not None:
-            try:
-                os.killpg(server.proc.pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def make(node, servers, name: str, script: str, rules) -> Server:
@@ -64,11 +48,14 @@ def timed(call) -> float:
     return time.monotonic() - start
 
 
-def test_ready_once_the_line_appears(node, servers):
+def test_ready_once_the_line_appears(node, servers, caplog):
+    caplog.set_level(logging.INFO, logger="harness.servers")
     server = make(node, servers, "s", f"sleep 0.3; echo '{READY}'; exec sleep 60",
                   [log_line(READY, LONG_S)])
     assert timed(lambda: server.start().wait_ready()) < REPORTED_S
     assert local_group_alive(server.proc.pgid)
+    assert any(re.fullmatch(r"local: s ready in \d+\.\ds", r.getMessage())
+               for r in caplog.records), caplog.text
     server.stop(5)
     assert server.proc is None
 
@@ -81,9 +68,11 @@ def test_exit_before_ready_is_reported_at_once_with_its_status_and_log(node, ser
     with pytest.raises(ServerExited) as err:
         server.wait_ready()
     assert time.monotonic() - start < REPORTED_S
-    assert "status 3" in str(err.value) and READY in str(err.value)
+    assert re.fullmatch(r"decode exited with status 3 after \d+\.\ds while waiting for log "
+                        rf"line '{READY}'", err.value.message), err.value.message
     assert "CUDA out of memory" in err.value.log_tail
     assert err.value.server == "decode" and err.value.host == "local"
+    assert err.value.hint == f"see {server.log}"
 
 
 def test_a_group_killed_while_waiting_fails_readiness(node, servers):
@@ -102,7 +91,9 @@ def test_a_group_killed_while_waiting_fails_readiness(node, servers):
     finally:
         killer.cancel()
     assert time.monotonic() - start < REPORTED_S
-    assert "prefill" in str(err.value)
+    assert err.value.message == f"prefill is gone (killed?) while waiting for log line '{READY}'"
+    assert "starting" in err.value.log_tail
+    assert (err.value.host, err.value.server) == ("local", "prefill")
     assert not Path(str(node.on_host(server.proc.exit_file))).exists()
 
 
@@ -114,8 +105,34 @@ def test_rules_met_by_a_dead_process_are_not_ready(node, servers):
     assert wait_for(lambda: READY in log_text(server), 10)
     os.killpg(server.proc.pgid, signal.SIGKILL)
     assert wait_for(lambda: not local_group_alive(server.proc.pgid), 10)
-    with pytest.raises(ServerExited):
+    with pytest.raises(ServerExited) as err:
         server.wait_ready()
+    assert err.value.message == "s is gone right after its readiness rules were met"
+    assert READY in err.value.log_tail
+    assert (err.value.host, err.value.server) == ("local", "s")
+
+
+def test_an_exit_right_after_the_rules_are_met_is_not_ready(node, servers):
+    server = make(node, servers, "s", f"echo '{READY}'; exit 0", [log_line(READY, LONG_S)])
+    server.start()
+    assert wait_for(lambda: Path(str(node.on_host(server.proc.exit_file))).exists(), 10)
+    with pytest.raises(ServerExited) as err:
+        server.wait_ready()
+    assert re.fullmatch(r"s exited with status 0 after \d+\.\ds while waiting for its "
+                        r"readiness rules", err.value.message), err.value.message
+    assert READY in err.value.log_tail and err.value.server == "s"
+
+
+def test_liveness_is_probed_about_once_a_second_not_every_poll(node, servers, monkeypatch):
+    """On the remote host each probe is an SSH command: once a second, not every 0.1 s poll."""
+    probes = []
+    real_alive = node.alive
+    monkeypatch.setattr(node, "alive", lambda pgid: probes.append(pgid) or real_alive(pgid))
+    server = make(node, servers, "s", f"sleep 2.5; echo '{READY}'; exec sleep 60",
+                  [log_line(READY, LONG_S)])
+    waited = timed(lambda: server.start().wait_ready())
+    assert 1 <= len(probes) <= waited + 2, (len(probes), waited)
+    assert set(probes) == {server.proc.pgid}
 
 
 def test_a_hang_times_out_naming_what_was_awaited(node, servers):
@@ -125,15 +142,20 @@ def test_a_hang_times_out_naming_what_was_awaited(node, servers):
     with pytest.raises(NotReady) as err:
         server.wait_ready()
     assert 0.5 <= err.value.waited_s < REPORTED_S
-    assert "never printed" in err.value.awaited and "never printed" in str(err.value)
+    assert err.value.awaited == "log line 'never printed'"
+    assert err.value.last_error == "seen /never\\ printed/ 0/1", err.value.last_error
     assert "loading weights" in err.value.log_tail
+    assert err.value.hint == f"see {server.log}"
+    assert (err.value.host, err.value.server) == ("local", "s")
 
 
 def test_a_line_needed_twice_is_not_enough_once(node, servers):
     twice = LogLines(((r"worker \d ok", 2),), 1.0)
     once = make(node, servers, "once", "echo 'worker 1 ok'; exec sleep 60", [twice])
-    with pytest.raises(NotReady):
+    with pytest.raises(NotReady) as err:
         once.start().wait_ready()
+    assert err.value.last_error == r"seen /worker \d ok/ 1/2"
+    assert err.value.awaited == r"/worker \d ok/ x2"
     both = make(node, servers, "both", "echo 'worker 1 ok'; echo 'worker 2 ok'; exec sleep 60",
                 [twice])
     both.start().wait_ready()
