@@ -50,12 +50,32 @@ def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
     assert summary["started"] == "2025-12-08T11:50:20Z"
 
 
-def test_utc_timestamp_format():
+@pytest.fixture
+def far_from_utc(monkeypatch):
+    """A local time zone 8 hours from UTC (the T-One hosts' own), so UTC is not the default."""
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_utc_timestamp_format(far_from_utc):
     assert results.utc_timestamp(0) == "1970-01-01T00:00:00Z"
     assert results.utc_timestamp(1765198220.9) == "2025-12-08T12:50:20Z"
     now = results.utc_timestamp()
     assert abs(time.mktime(time.strptime(now, "%Y-%m-%dT%H:%M:%SZ")) - time.mktime(
         time.gmtime())) < 5
+
+
+def test_case_summary_is_indented_json_and_says_when_the_case_ended(tmp_path):
+    result = CaseResult("test_a", Status.PASS)
+    assert result.to_summary()["ended"] is None and result.to_summary()["status"] == "Pass"
+    results.write_case_result(Layout.at(tmp_path), result)
+    text = (tmp_path / "run/logs/test_a/case_summary.json").read_text()
+    assert text.startswith('{\n  "case": "test_a",\n  "status": "Pass",\n')
+    stamp = SPEC_LINE.fullmatch(results_file(tmp_path, "test_a").read_text())["ts"]
+    assert json.loads(text)["ended"] == stamp
 
 
 def test_case_summary_carries_the_detail_test_results_must_not(tmp_path):
@@ -203,3 +223,21 @@ def test_summary_table_lines_up_and_shows_the_first_line_of_a_reason():
         column = lines[0].index(name)
         assert lines[2][column - 2:column] == "  " and lines[2][column] != " "
     assert all(line == line.rstrip() for line in lines)
+
+
+# --- the one wait loop ---------------------------------------------------------------------------
+def test_wait_until_polls_without_a_cancel_token_until_met():
+    from harness.waiting import wait_until
+    answers = iter([(False, "a"), (False, "b"), (True, "")])
+    met, why, waited = wait_until(lambda: next(answers), timeout_s=10, awaited="x", poll_s=0.01)
+    assert met and why == "" and waited < 5
+
+
+def test_wait_until_with_a_plain_event_says_interrupted():
+    from harness.errors import Interrupted
+    from harness.waiting import wait_until
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(Interrupted) as err:
+        wait_until(lambda: (False, ""), timeout_s=10, awaited="the decode server", cancel=stop)
+    assert str(err.value) == "interrupted while waiting for the decode server"

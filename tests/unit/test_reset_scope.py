@@ -1,0 +1,213 @@
+"""The reset's kill scope with HARNESS_RUNTIME=host, on real processes of this host: a GPU
+process is killed only when it is provably this run's (a recorded process group or session, or
+output under the run tree); everything else is left alone and named. (The container scope, by
+cgroup, is in test_gpu.py.)"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import gpu as g
+from harness.hosts import LocalHost
+from harness.nodes import HostNode
+from harness.reset import (ProcFacts, ResetReport, _kill_owned, is_run_process, kill_scope,
+                           parse_facts, recorded_groups, run_processes)
+from tests.simproc import wait_for
+
+
+@pytest.fixture
+def started():
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def sleeper(started, *, stdout=subprocess.DEVNULL, new_session=True) -> subprocess.Popen:
+    proc = subprocess.Popen(["sleep", "60"], stdout=stdout, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=new_session)
+    started.append(proc)
+    return proc
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+# --- parsing the facts script ------------------------------------------------------------------
+def stat(pid: int, comm: str, pgid: int, sid: int) -> str:
+    return f"{pid} ({comm}) S 1 {pgid} {sid} 0 -1 4194560"
+
+
+def test_parse_facts_reads_group_session_and_both_outputs():
+    out = (f"root\t/real/run\n"
+           f"7\t/r/run/logs/a b.log\t/dev/null\t{stat(7, 'x', 70, 700)}\n")
+    root, facts = parse_facts(out)
+    assert root == "/real/run"
+    assert facts == {7: ProcFacts(7, 70, 700, "/r/run/logs/a b.log", "/dev/null")}
+
+
+def test_parse_facts_skips_what_does_not_parse_and_goes_on():
+    out = "\n".join([
+        "garbage",
+        f"x8\t/a\t/b\t{stat(8, 'x', 8, 8)}",           # pid not a number
+        "9\t/a\t/b",                                    # too few fields
+        "10\t/a\t/b\t10 (x) S 1 ten 10 0",             # pgid not a number
+        "11\t/a\t/b\t11 (x) S 1 11 sid 0",             # sid not a number
+        "12\t/a\t/b\t12 (x) S 1",                       # stat cut short
+        "13\t/a\t/b\t" + stat(13, "tab\there", 130, 131),  # a comm may hold a tab...
+        f"14\t/o\t/e\t{stat(14, 'a) (b', 140, 141)}",  # ...or ") "
+    ])
+    root, facts = parse_facts(out)
+    assert root is None
+    assert sorted(facts) == [13, 14]
+    assert (facts[13].pgid, facts[13].sid) == (130, 131)
+    assert facts[14] == ProcFacts(14, 140, 141, "/o", "/e")
+
+
+# --- deciding ------------------------------------------------------------------------------------
+def facts(pgid=5, sid=6, out="/dev/null", err="/dev/null") -> ProcFacts:
+    return ProcFacts(99, pgid, sid, out, err)
+
+
+def test_a_recorded_group_or_session_is_this_runs():
+    assert is_run_process(facts(pgid=5, sid=6), ["/p/run"], {5})
+    assert is_run_process(facts(pgid=5, sid=6), ["/p/run"], {6})
+    assert not is_run_process(facts(pgid=5, sid=6), ["/p/run"], {7})
+    assert not is_run_process(facts(pgid=5, sid=6), ["/p/run"])
+
+
+def test_output_under_the_run_tree_is_this_runs_and_only_under_it():
+    assert is_run_process(facts(out="/p/run/logs/c/x.log"), ["/p/run"])
+    assert is_run_process(facts(err="/p/run/logs/c/x.log"), ["/p/run/"])
+    assert is_run_process(facts(out="/real/run/x.log"), ["/p/run", "/real/run"])
+    assert not is_run_process(facts(out="/p/run-old/x.log"), ["/p/run"])   # a sibling dir
+    assert not is_run_process(facts(out="/p/run"), ["/p/run"])
+    assert not is_run_process(facts(out="/x/y.log"), ["", "/p/run"])       # "" is not "/"
+
+
+def test_run_processes_on_real_processes(tmp_path, started):
+    run = tmp_path / "run"
+    (run / "logs").mkdir(parents=True)
+    with open(run / "logs" / "with space.log", "w") as log:
+        by_output = sleeper(started, stdout=log)
+    by_group = sleeper(started)
+    # a process in a group of its own inside a recorded session (job control of a shell)
+    shell = subprocess.Popen(["bash", "-c", "set -m; sleep 60 & echo $!; wait"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             start_new_session=True)
+    started.append(shell)
+    in_session = int(shell.stdout.readline())
+    stranger = sleeper(started)
+    pids = [by_output.pid, by_group.pid, in_session, stranger.pid, 2 ** 22 + 7]
+    owned = run_processes(LocalHost(), pids, run, {by_group.pid, shell.pid})
+    assert owned == [by_output.pid, by_group.pid, in_session]
+    assert run_processes(LocalHost(), [stranger.pid], run) == []
+    assert run_processes(LocalHost(), [], run) == []
+
+
+def test_recorded_groups_reads_every_pid_file_of_the_run(tmp_path):
+    node = HostNode(LocalHost(), tmp_path)
+    pids = tmp_path / "run" / "pids"
+    (pids / "case_a").mkdir(parents=True)
+    (pids / "case_b").mkdir(parents=True)
+    (pids / "case_a" / "decode.pid").write_text("4242 987654\n")
+    (pids / "case_a" / "prefill.pid").write_text("4343\n")          # an older file: pid only
+    (pids / "case_b" / "router.pid").write_text("not a pid\n")
+    (pids / "case_b" / "encoder.pid").write_text("4444 1\n")
+    assert recorded_groups(node) == {4242, 4343, 4444}
+    assert recorded_groups(HostNode(LocalHost(), tmp_path / "elsewhere")) == set()
+
+
+# --- the scope and the kill ----------------------------------------------------------------------
+class Gpu:
+    """A GPU source listing real processes as GPU holders."""
+
+    def __init__(self, pids):
+        self.pids = pids
+
+    def used_mb(self):
+        return [8000]
+
+    def processes(self):
+        return [g.GpuProcess(pid, 8000) for pid in self.pids]
+
+
+def test_host_scope_says_what_it_may_kill(tmp_path, started):
+    node = HostNode(LocalHost(), tmp_path)
+    (tmp_path / "run").mkdir()
+    ours = sleeper(started)
+    scope = kill_scope(node, {ours.pid})
+    assert scope.what == (f"only this run's processes: recorded process groups or output "
+                          f"under {tmp_path / 'run'}")
+    assert scope.owned([ours.pid, os.getpid()]) == [ours.pid]
+
+
+def test_the_reset_kills_its_own_gpu_processes_and_leaves_the_others(tmp_path, started, caplog):
+    node = HostNode(LocalHost(), tmp_path)
+    (tmp_path / "run" / "logs").mkdir(parents=True)
+    with open(tmp_path / "run" / "logs" / "engine.log", "w") as log:
+        ours = sleeper(started, stdout=log)
+    by_group = sleeper(started)
+    theirs = sleeper(started)
+    report = ResetReport("local")
+    with caplog.at_level(logging.INFO, logger="harness.reset"):
+        _kill_owned(node, Gpu([ours.pid, by_group.pid, theirs.pid]), {by_group.pid}, report)
+    assert [p.pid for p in report.killed] == [ours.pid, by_group.pid]
+    assert [p.pid for p in report.left_alone] == [theirs.pid]
+    assert report.scope.startswith("only this run's processes")
+    assert wait_for(lambda: not alive(ours.pid) and not alive(by_group.pid), 10)
+    time.sleep(0.2)
+    assert alive(theirs.pid)
+    messages = [r.getMessage() for r in caplog.records]
+    assert (f"local: GPU process pid {theirs.pid} (8000 MB) is not this node's "
+            f"[{report.scope}]; leaving it untouched") in messages
+    assert (f"local: killing GPU processes [{report.scope}]: pid {ours.pid} (8000 MB), "
+            f"pid {by_group.pid} (8000 MB)") in messages
+
+
+def test_a_kill_that_fails_is_logged_not_raised(tmp_path, started, caplog, monkeypatch):
+    node = HostNode(LocalHost(), tmp_path)
+    ours = sleeper(started)
+    os.kill(ours.pid, signal.SIGKILL)
+    ours.wait(10)          # gone, and reaped: `kill` will say "No such process"
+    monkeypatch.setattr("harness.reset.run_processes", lambda host, pids, *a: list(pids))
+    report = ResetReport("local")
+    with caplog.at_level(logging.INFO, logger="harness.reset"):
+        _kill_owned(node, Gpu([ours.pid]), set(), report)
+    assert [p.pid for p in report.killed] == [ours.pid]
+    said = [r.getMessage() for r in caplog.records if "kill said" in r.getMessage()]
+    assert said and said[0].startswith("local: kill said: ") and "No such process" in said[0]
+
+
+def test_nothing_listed_means_nothing_killed(tmp_path):
+    report = ResetReport("local")
+    _kill_owned(HostNode(LocalHost(), tmp_path), Gpu([]), {1}, report)
+    assert report.scope == "no process holds GPU memory"
+    assert report.killed == [] and report.left_alone == []
+
+
+def test_kill_processes_reports_pids_already_gone():
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    done = g.kill_processes(LocalHost(), [gone.pid])
+    assert done is not None and not done.ok
+    assert g.kill_processes(LocalHost(), []) is None
+
+
+def test_cgroup_check_refuses_a_short_container_id():
+    with pytest.raises(Exception, match="refusing"):
+        g.cgroup_processes(LocalHost(), [os.getpid()], "abcdef01234")     # 11 characters
+    assert g.cgroup_processes(LocalHost(), [os.getpid()], "abcdef012345") == []  # 12: checked
