@@ -135,3 +135,12 @@ def demo(session: nox.Session) -> None:
 def all_groups(session: nox.Session) -> None:
     """SGLANG group, then VLLM group."""
     _harness(session, "group", "ALL")
+
+
+@nox.session(default=False)
+def mutants(session: nox.Session) -> None:
+    """Mutation testing (mutmut) of the code that decides a verdict, against the unit tests;
+    prints the share of mutants killed and every survivor. Slow (minutes, at nice 10); not CI."""
+    _install(session, "test")
+    session.install("mutmut==3.8.1")  # the config keys and mutant names of tests/mutants.py
+    session.run("python", "tests/mutants.py", *session.posargs)
