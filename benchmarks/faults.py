@@ -77,8 +77,9 @@ class Row:
             return "a result is missing or malformed"
         if self.left:
             return f"{len(self.left)} processes left"
-        if self.fault == "gpu-leak":
-            return "" if "reset fails" in self.note else "the leak went unseen"
+        if self.fault == "gpu-leak":  # seen by the reset between cases, or the one after
+            seen = "Fail" in self.statuses.values() or "reset after the run fails" in self.note
+            return "" if seen else "the leak went unseen"
         if "Fail" not in self.statuses.values():
             return "no case failed"
         if self.fault == "crash" and (self.fail_after_s is None
