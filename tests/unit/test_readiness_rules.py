@@ -160,6 +160,18 @@ def test_wait_all_fails_on_the_first_death_and_logs_which(node, servers, caplog)
     assert any(r.getMessage().startswith("server readiness: ") for r in caplog.records)
 
 
+def test_wait_all_uses_the_first_servers_cancel(node, servers):
+    first = make(node, servers, "a", "exec sleep 60", [log_line("never printed", LONG_S)])
+    second = make(node, servers, "b", "exec sleep 60", [log_line("never printed", LONG_S)])
+    first.start()
+    second.start()
+    first.cancel.set("stopped by the test")
+    start = time.monotonic()
+    with pytest.raises(Interrupted):
+        wait_all([first, second])
+    assert time.monotonic() - start < REPORTED_S
+
+
 def test_wait_all_returns_when_every_server_is_ready(node, servers):
     both = [make(node, servers, name, "echo up; exec sleep 60", [log_line("up", LONG_S)])
             for name in ("a", "b")]

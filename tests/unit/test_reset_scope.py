@@ -67,12 +67,13 @@ def test_parse_facts_skips_what_does_not_parse_and_goes_on():
         "10\t/a\t/b\t10 (x) S 1 ten 10 0",             # pgid not a number
         "11\t/a\t/b\t11 (x) S 1 11 sid 0",             # sid not a number
         "12\t/a\t/b\t12 (x) S 1",                       # stat cut short
+        "15\t/a\t/b\t15 (x) S 1 150 151",               # just long enough
         "13\t/a\t/b\t" + stat(13, "tab\there", 130, 131),  # a comm may hold a tab...
         f"14\t/o\t/e\t{stat(14, 'a) (b', 140, 141)}",  # ...or ") "
     ])
     root, facts = parse_facts(out)
     assert root is None
-    assert sorted(facts) == [13, 14]
+    assert sorted(facts) == [13, 14, 15]
     assert (facts[13].pgid, facts[13].sid) == (130, 131)
     assert facts[14] == ProcFacts(14, 140, 141, "/o", "/e")
 
@@ -176,6 +177,7 @@ def test_the_reset_kills_its_own_gpu_processes_and_leaves_the_others(tmp_path, s
             f"[{report.scope}]; leaving it untouched") in messages
     assert (f"local: killing GPU processes [{report.scope}]: pid {ours.pid} (8000 MB), "
             f"pid {by_group.pid} (8000 MB)") in messages
+    assert not [m for m in messages if "kill said" in m]    # a kill that worked says nothing
 
 
 def test_a_kill_that_fails_is_logged_not_raised(tmp_path, started, caplog, monkeypatch):

@@ -48,6 +48,10 @@ def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
     assert match and match["ts"] == "2025-12-08T12:50:20Z"
     summary = json.loads((tmp_path / "run/logs/test_a/case_summary.json").read_text())
     assert summary["started"] == "2025-12-08T11:50:20Z"
+    assert summary["ended"] == "2025-12-08T12:50:20Z"
+    assert set(summary) == {"case", "status", "reason", "step", "host", "server", "started",
+                            "ended", "duration_s", "steps_s", "models", "cleanup_errors",
+                            "log_tail"}
 
 
 @pytest.fixture

@@ -9,6 +9,12 @@ from harness.errors import SettingsError
 from harness.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def fresh_secrets(monkeypatch):
+    """Each test starts with nothing remembered, so none passes thanks to an earlier one."""
+    monkeypatch.setattr(redaction, "_known", set())
+
+
 def message(env: dict[str, str]) -> SettingsError:
     with pytest.raises(SettingsError) as err:
         Settings.from_env(env)
@@ -78,3 +84,8 @@ def test_a_token_read_from_the_environment_is_masked_from_then_on():
     secret = "ghp_RememberedBySettings55555"
     Settings.from_env({"GITHUB_TOKEN": secret})
     assert redaction.scrub(f"echo {secret}!") == "echo ***!"
+
+
+def test_credentials_in_a_wheel_url_are_masked_from_then_on():
+    Settings.from_env({"MOONCAKE_WHEEL": "https://ci:s3cr3t-pw@h.example/w.whl"})
+    assert redaction.scrub("s3cr3t-pw") == "***"

@@ -13,6 +13,12 @@ from harness import redaction, wheel
 from harness.settings import Settings
 
 
+@pytest.fixture(autouse=True)
+def fresh_secrets(monkeypatch):
+    """Each test starts with nothing remembered, so none passes thanks to an earlier one."""
+    monkeypatch.setattr(redaction, "_known", set())
+
+
 def fake_gh(tmp_path: Path, monkeypatch, script: str) -> Path:
     """A `gh` on PATH that runs `script` (bash); it records its arguments in gh.args."""
     gh = tmp_path / "bin" / "gh"
@@ -102,9 +108,9 @@ def test_redact_url_exact_output():
 
 # --- redaction, the module every writer goes through --------------------------------------------
 def test_the_longest_secret_is_masked_first():
-    redaction.remember("pfx123")
-    redaction.remember("pfx123-and-more-secret")
-    assert redaction.scrub("[pfx123-and-more-secret]") == "[***]"
+    redaction.remember("zz-secret")                  # sorts after the longer one...
+    redaction.remember("aa-zz-secret-and-more")      # ...which contains it
+    assert redaction.scrub("[aa-zz-secret-and-more]") == "[***]"
 
 
 def test_short_values_are_not_remembered_but_six_characters_are():
@@ -119,6 +125,14 @@ def test_remember_environ_reads_every_secret_variable(monkeypatch):
     monkeypatch.setenv("GH_ENTERPRISE_TOKEN", "ghe_FromProcess2222222")
     redaction.remember_environ()
     assert redaction.scrub("ghe_FromProcess2222222") == "***"
+
+
+def test_credentials_inside_urls_are_remembered():
+    redaction.remember_url_credentials(
+        "MOONCAKE_WHEEL=https://ci:pa55word-x@h.example/w.whl?token=abcdef123&empty=&n=plain1")
+    redaction.remember_url_credentials("")
+    text = redaction.scrub("pa55word-x abcdef123 plain1")
+    assert text == "*** *** plain1"
 
 
 def test_url_credentials_and_secret_query_values_are_masked_exactly():
