@@ -234,7 +234,7 @@ def _require_seconds(name: str, value: float, *, minimum_ok: bool) -> None:
 
 
 # Host names and IPv4 addresses; what servers bind and what URLs are built from.
-_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 
 
 def _require_address(name: str, value: str) -> None:

@@ -42,7 +42,6 @@ TIMED_OUT_CODES = (124, 137)
 DEFAULT_EXEC_TIMEOUT_S = 900.0
 # Most one SFTP request, or the server's answer to a channel request, may take.
 SFTP_TIMEOUT_S = 60.0
-_RAISE = object()
 
 
 class SSHError(HarnessError):
@@ -203,26 +202,6 @@ class SSHHost(SFTPFiles):
                                hint="is an SSH server listening on REMOTE_SSH_PORT?")
         return exc
 
-    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
-        """One SFTP session whose every request times out (paramiko's would wait forever)."""
-        channel = transport.open_session(timeout=self.connect_timeout)
-        try:
-            channel.settimeout(self.sftp_timeout)
-            self._answered_within(self.sftp_timeout, channel,
-                                  lambda: channel.invoke_subsystem("sftp"), "the SFTP request")
-            return paramiko.SFTPClient(channel)
-        except BaseException:
-            channel.close()
-            raise
-
-    def _drop_sftp(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
-                pass
-        self._sftp = None
-
     def _drop(self) -> None:
         for thing in (self._sftp, self._client):
             if thing is not None:
@@ -352,39 +331,6 @@ class SSHHost(SFTPFiles):
                 return True
             time.sleep(0.02)
         return False
-
-    # --- files (SFTP) ------------------------------------------------------------------------
-    def _sftp_call(self, op: str, path: object, func: Callable[[paramiko.SFTPClient], object],
-                   missing: object = _RAISE):
-        """func on the one SFTP session. A missing file gives `missing` (default: raise
-        FileNotFoundError, as LocalHost does); any other file error or a lost connection is
-        one SSHError line."""
-        transport = self._transport()
-        with self._sftp_lock:
-            try:
-                if self._sftp is None:
-                    self._sftp = self._open_sftp(transport)
-                return func(self._sftp)
-            except socket.timeout:
-                # a late answer would be taken for the next request's: start a new session
-                self._drop_sftp()
-                raise self._error(f"SFTP {op} {path} on {self.target} got no answer within "
-                                  f"{self.sftp_timeout:g}s",
-                                  hint="the remote host or its disk is wedged") from None
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                if self._sftp is None or self._sftp.sock.closed:
-                    self._sftp = None            # reopened on the next call
-                    if self._dying(transport):
-                        raise self._lost(f"{op} {path}", exc) from None
-                    raise self._error(f"SFTP session to {self.target} closed during {op} "
-                                      f"{path} ({exc})") from None
-                if isinstance(exc, FileNotFoundError):
-                    if missing is _RAISE:
-                        raise
-                    return missing
-                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                raise self._error(f"cannot {op} {path} on {self.target}: {reason}") from None
-
 
 
 def _tcp_keepalive(sock) -> None:

@@ -1,30 +1,88 @@
 """The file half of `SSHHost`: LocalHost's file interface over the one SFTP session.
 
-A mixin: `SSHHost` provides `_sftp_call` (one SFTP session on the run's connection, errors as
-one `SSHError` line), `run`, `name` and `target`. Trees go by one command (`rm -rf`, `tar -x`)
-rather than a request per file.
+A mixin: `SSHHost` provides the connection (`_transport`, `_answered_within`, `_dying`, its
+errors), `run`, `name` and `target`; here is the one SFTP session on it (`_sftp_call`: every
+request with a deadline, errors as one `SSHError` line). Trees go by one command (`rm -rf`,
+`tar -x`) rather than a request per file.
 """
 from __future__ import annotations
 
 import errno
 import logging
 import posixpath
+import socket
 import stat
 import tempfile
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Mapping
+from typing import Callable, Mapping
+
+import paramiko
 
 from harness.errors import HarnessError
 from harness.sync_tree import build_tarball, check_wipeable
 
 log = logging.getLogger("harness.ssh")
+_RAISE = object()
 
 
 class SFTPFiles:
     """read_text, read_tail, read_from, write_text, exists, mkdir, remove, empty_dir, put, get,
     get_tree and sync_project, as LocalHost has them."""
 
+    # --- the one SFTP session ----------------------------------------------------------------
+    def _sftp_call(self, op: str, path: object, func: Callable[[paramiko.SFTPClient], object],
+                   missing: object = _RAISE):
+        """func on the one SFTP session. A missing file gives `missing` (default: raise
+        FileNotFoundError, as LocalHost does); any other file error or a lost connection is
+        one SSHError line."""
+        transport = self._transport()
+        with self._sftp_lock:
+            try:
+                if self._sftp is None:
+                    self._sftp = self._open_sftp(transport)
+                return func(self._sftp)
+            except socket.timeout:
+                # a late answer would be taken for the next request's: start a new session
+                self._drop_sftp()
+                raise self._error(f"SFTP {op} {path} on {self.target} got no answer within "
+                                  f"{self.sftp_timeout:g}s",
+                                  hint="the remote host or its disk is wedged") from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                if self._sftp is None or self._sftp.sock.closed:
+                    self._sftp = None            # reopened on the next call
+                    if self._dying(transport):
+                        raise self._lost(f"{op} {path}", exc) from None
+                    raise self._error(f"SFTP session to {self.target} closed during {op} "
+                                      f"{path} ({exc})") from None
+                if isinstance(exc, FileNotFoundError):
+                    if missing is _RAISE:
+                        raise
+                    return missing
+                reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+                raise self._error(f"cannot {op} {path} on {self.target}: {reason}") from None
+
+    def _open_sftp(self, transport: paramiko.Transport) -> paramiko.SFTPClient:
+        """One SFTP session whose every request times out (paramiko's would wait forever)."""
+        channel = transport.open_session(timeout=self.connect_timeout)
+        try:
+            channel.settimeout(self.sftp_timeout)
+            self._answered_within(self.sftp_timeout, channel,
+                                  lambda: channel.invoke_subsystem("sftp"), "the SFTP request")
+            return paramiko.SFTPClient(channel)
+        except BaseException:
+            channel.close()
+            raise
+
+    def _drop_sftp(self) -> None:
+        if self._sftp is not None:
+            try:
+                self._sftp.close()
+            except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
+                pass
+        self._sftp = None
+
+    # --- files --------------------------------------------------------------------------------
     def read_text(self, path: object) -> str:
         def read(sftp):
             with sftp.open(str(path), "rb") as fh:
