@@ -178,19 +178,6 @@ def test_run_dir_that_is_a_file_is_one_line(project):
     assert "run is not a directory" in done.stdout and len(done.stdout.splitlines()) == 1
 
 
-@pytest.mark.integration
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory anyway")
-def test_read_only_run_dir_is_one_line(project):
-    (project / "run/logs").mkdir(parents=True)
-    (project / "run/logs").chmod(0o555)
-    try:
-        done = cli(project, "single", CASE)
-    finally:
-        (project / "run/logs").chmod(0o755)
-    assert done.returncode == 2 and "Traceback" not in done.stdout, done.stdout
-    assert "cannot write the run directory" in done.stdout
-
-
 # Written by every simulated server the harness starts (they carry HARNESS_SIM_COMPONENT), so
 # each server log holds bytes that are not UTF-8 before anything else.
 _GARBAGE_SITECUSTOMIZE = '''
