@@ -13,6 +13,7 @@ from pathlib import Path
 
 from invoke import Exit, task
 
+from harness import redaction
 from harness.errors import HarnessError
 from harness.settings import Settings
 
@@ -26,6 +27,8 @@ def _harness_task(body):
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                                 datefmt="%H:%M:%S", stream=sys.stderr)
+            for handler in logging.getLogger().handlers:  # the token never reaches the console
+                handler.addFilter(redaction.SecretFilter())
         try:
             return body(c, Settings.from_env(), *args, **kwargs)
         except HarnessError as exc:
