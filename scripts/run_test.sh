@@ -1,46 +1,159 @@
 #!/usr/bin/env bash
 # Migration shim: T-One's tone-cli template runs `run_test.sh run-single X` / `run-all [GROUP]`.
 # This maps those onto the nox sessions, so the template keeps working while it moves to nox.
+#
+# The sessions need Python >= 3.10 with a working venv and a package index before the harness
+# runs. Whatever stops the harness from starting (no such Python, venv or `pip install nox`
+# failing, nox failing before its session writes anything), every case asked for still gets
+# `Fail` in run/logs/<case>/test_results.json, one line on stderr says why, and the exit is 1.
+# The shim needs no Python to do that; bootstrap output goes to run/logs/bootstrap.log.
 set -euo pipefail
 
-root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+here=${BASH_SOURCE[0]%/*}
+[ "$here" != "${BASH_SOURCE[0]}" ] || here=.
+root=$(cd "$here/.." && pwd)
+logs="$root/run/logs"
+venv="$root/.venv"
+
+# The cases of each group in run order. The shim needs them before any Python runs; the test
+# tests/unit/test_shim_cases.py keeps them equal to the registry (harness.cases.group_cases).
+SGLANG_CASES="test_hicache_storage_mooncake_backend test_disaggregation_different_tp test_1p1d_erdma test_epd_sglang test_moe_mooncake"
+VLLM_CASES="test_vllm_1p1d_erdma"
+
+PYTHON_NAMES="python3.13 python3.12 python3.11 python3.10 python3"
+VERSION_OK='import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)'
 
 usage() {
   echo "usage: $0 run-single <case> | run-all [SGLANG|VLLM]" >&2
   exit 2
 }
 
-# nox from PATH, else from the project's own .venv (created on first use).
-nox_cmd() {
-  if command -v nox > /dev/null 2>&1; then
-    echo nox
-    return
+json_string() {  # $1 as a JSON string body: the reasons may hold paths and quotes
+  local s=${1//\\/\\\\}
+  printf '%s' "${s//\"/\\\"}"
+}
+
+write_atomic() {  # write_atomic FILE CONTENT: a reader sees the old file or the whole new one
+  local tmp="${1%/*}/.${1##*/}.$$.tmp"
+  printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"
+}
+
+# `Fail` for each case, in the format harness/results.py writes, with the reason beside it.
+write_fail() {
+  local reason=$1 case stamp
+  shift
+  stamp=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  for case in "$@"; do
+    mkdir -p "$logs/$case" || return 1
+    write_atomic "$logs/$case/test_results.json" \
+      "{\"test_case\": \"$case\", \"status\": \"Fail\", \"timestamp\": \"$stamp\"}" || return 1
+    write_atomic "$logs/$case/case_summary.json" \
+      "{\"case\": \"$case\", \"status\": \"Fail\", \"reason\": \"$(json_string "$reason")\", \"step\": \"scripts/run_test.sh\", \"ended\": \"$stamp\"}" \
+      || return 1
+  done
+}
+
+# The harness cannot start: Fail for every asked case, the reason as one line, exit 1.
+give_up() {
+  local reason=$1
+  shift
+  write_fail "$reason" "$@" 2> /dev/null \
+    || reason="$reason; and $logs is not writable, so no result was written"
+  echo "error: $reason" >&2
+  exit 1
+}
+
+# A venv at $venv from the first interpreter that is >= 3.10 and whose `-m venv` works, else
+# from uv where present (uv needs no python3-venv and may fetch a Python). Sets `reason` on failure.
+create_venv() {
+  local log=$1 name py version tried=""
+  for name in $PYTHON_NAMES; do
+    py=$(command -v "$name") || continue
+    if ! "$py" -c "$VERSION_OK" >> "$log" 2>&1; then
+      read -r version < <("$py" --version 2>&1 || true) || true
+      tried+=" $name is ${version:-unknown};"
+      continue
+    fi
+    if "$py" -m venv --clear "$venv" >> "$log" 2>&1; then
+      return 0
+    fi
+    rm -rf -- "$venv"  # a half-made venv (no pip) would be taken for a usable one next time
+    tried+=" $name -m venv failed (python3-venv missing?);"
+  done
+  if ! command -v uv > /dev/null 2>&1; then
+    tried+=" no uv"
+  elif uv venv --clear --python '>=3.10' "$venv" >> "$log" 2>&1; then
+    return 0
+  else
+    rm -rf -- "$venv"
+    tried+=" uv venv failed"
   fi
-  if [ ! -x "$root/.venv/bin/nox" ]; then
-    python3 -m venv "$root/.venv" >&2
-    "$root/.venv/bin/python" -m pip install --quiet nox >&2
+  reason="no Python >= 3.10 with a working venv on this host (${tried# }); install python3.10+"
+  reason+=" and python3-venv, or uv"
+  return 1
+}
+
+# nox from PATH, else from the project's own .venv (created on first use). Sets `nox`, or
+# `reason` and returns 1 when it cannot be had.
+find_nox() {
+  local log="$logs/bootstrap.log"
+  if nox=$(command -v nox); then
+    return 0
   fi
-  echo "$root/.venv/bin/nox"
+  nox="$venv/bin/nox"
+  if [ -x "$nox" ] && "$venv/bin/python" -c "$VERSION_OK" 2> /dev/null; then
+    return 0
+  fi
+  { mkdir -p "$logs" && : > "$log"; } 2> /dev/null || log=/dev/null
+  if ! "$venv/bin/python" -c "$VERSION_OK" > /dev/null 2>&1; then
+    create_venv "$log" || return 1
+  fi
+  if "$venv/bin/python" -m pip install --quiet nox >> "$log" 2>&1; then
+    return 0
+  fi
+  if command -v uv > /dev/null 2>&1 \
+      && uv pip install --python "$venv/bin/python" nox >> "$log" 2>&1; then
+    return 0
+  fi
+  reason="'pip install nox' into $venv failed (no package index reachable?); see $log"
+  return 1
+}
+
+# nox, with Fail written first: if nox dies before its session marks the cases (a broken venv,
+# a noxfile error), the cases still read Fail. The session and the harness rewrite them.
+run_nox() {
+  local reason="" nox=""
+  find_nox || give_up "$reason" "${cases[@]}"
+  write_fail "run did not finish: nox stopped before the harness started" "${cases[@]}" \
+    2> /dev/null || give_up "cannot write the results under $logs" "${cases[@]}"
+  exec "$nox" --noxfile "$root/noxfile.py" "$@"
 }
 
 [ $# -ge 1 ] || usage
 case "$1" in
   run-single)
     [ $# -eq 2 ] || usage
-    nox=$(nox_cmd)
-    exec "$nox" --noxfile "$root/noxfile.py" -s single -- "$2"
+    name=${2##*/}
+    name=${name%.sh}
+    name=${name%.py}
+    case " $SGLANG_CASES $VLLM_CASES " in
+      *" $name "*) ;;
+      *) echo "error: unknown case '$2'; known cases: $SGLANG_CASES $VLLM_CASES" >&2; exit 2 ;;
+    esac
+    cases=("$name")
+    run_nox -s single -- "$2"
     ;;
   run-all)
     [ $# -le 2 ] || usage
-    group=$(printf '%s' "${2:-}" | tr '[:lower:]' '[:upper:]')
+    group=${2:-}
+    group=${group^^}
     case "$group" in
-      "") session=all ;;
-      SGLANG) session=sglang ;;
-      VLLM) session=vllm ;;
+      "") session=all; read -r -a cases <<< "$SGLANG_CASES $VLLM_CASES" ;;
+      SGLANG) session=sglang; read -r -a cases <<< "$SGLANG_CASES" ;;
+      VLLM) session=vllm; read -r -a cases <<< "$VLLM_CASES" ;;
       *) echo "error: unknown group '${2}'; accepted: SGLANG, VLLM (none runs both)" >&2; exit 2 ;;
     esac
-    nox=$(nox_cmd)
-    exec "$nox" --noxfile "$root/noxfile.py" -s "$session"
+    run_nox -s "$session"
     ;;
   *) usage ;;
 esac
