@@ -18,8 +18,9 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Sequence
 
 from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
-from harness.gpu import sim_gpu_env
+from harness.gpu import format_used, sim_gpu_env, wait_for_drain
 from harness.nodes import Node
+from harness.reset import gpu_source_for
 from harness.results import CaseResult
 from harness.servers import Rule, Server
 from harness.settings import Settings
@@ -159,30 +160,54 @@ class CaseContext:
         return Path(str(self.local.on_host(self.model_logs(self.local, model) / name)))
 
     def each_model(self, models: Sequence[str], body: Callable[[str], None]) -> None:
-        """Run `body` per model; everything it started is stopped on both hosts before the next
-        model. Every model runs; the case fails if any did, naming the first failure."""
+        """Run `body` per model; everything it started is stopped on both hosts, and their GPUs
+        drained, before the next model. Every model runs; the case fails if any did, naming the
+        first failure."""
         failures: list[tuple[str, HarnessError]] = []
-        for model in models:
-            outer = self._stack, self._servers, self._scope
+        for index, model in enumerate(models):
             try:
-                with ExitStack() as stack:
-                    self._stack, self._servers, self._scope = stack, None, model
-                    stack.callback(self.stop_leftovers)  # after this model's own stops
-                    for node in self.nodes:
-                        node.host.mkdir(node.on_host(self.model_logs(node, model)))
-                    body(model)
+                self._one_model(model, body)
+                if index + 1 < len(models):  # between models; the reset covers after the last
+                    self._wait_gpus_drained(model)
                 self.result.models[model] = "Pass"
             except HarnessError as exc:
                 self.result.models[model] = f"Fail: {exc}"
                 log.error("%s: %s failed: %s", self.case.name, model, exc.details())
                 failures.append((model, exc))
-            finally:
-                self._stack, self._servers, self._scope = outer
         if failures:
             model, first = failures[0]
             more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
             first.message = f"{model}: {first.message}{more}"
             raise first
+
+    def _one_model(self, model: str, body: Callable[[str], None]) -> None:
+        outer = self._stack, self._servers, self._scope
+        try:
+            with ExitStack() as stack:
+                self._stack, self._servers, self._scope = stack, None, model
+                stack.callback(self.stop_leftovers)  # after this model's own stops
+                for node in self.nodes:
+                    node.host.mkdir(node.on_host(self.model_logs(node, model)))
+                body(model)
+        finally:
+            self._stack, self._servers, self._scope = outer
+
+    def _wait_gpus_drained(self, model: str) -> None:
+        """The next model's engines need the memory this one held (vLLM refuses to start
+        below --gpu-memory-utilization): wait for it, read as the host reset reads it."""
+        def drain(node: Node, cancel: Cancel) -> None:
+            seen = wait_for_drain(gpu_source_for(node, self.settings), cancel=cancel,
+                                  timeout_s=self.settings.timeout_gpu_drain_s)
+            if not seen.drained:
+                used = format_used(seen.last.used_mb) if seen.last else "no reading"
+                raise HarnessError(f"GPU memory still used {seen.waited_s:.1f}s after the "
+                                   f"servers of {model} stopped: {used}", host=node.name)
+            log.info("%s: GPU memory drained %.1fs after %s stopped", node.name, seen.waited_s,
+                     model)
+
+        with self.step(f"{model}: gpu drain"):
+            fan_out([lambda cancel, node=node: drain(node, cancel) for node in self.nodes],
+                    self.cancel, "gpu drain")
 
     # --- processes ----------------------------------------------------------------------------
     def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,

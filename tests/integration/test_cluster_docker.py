@@ -62,15 +62,19 @@ def test_sglang_group_on_docker_over_ssh(project, cluster_env, docker_client, tm
 
 
 def test_gpu_leak_stops_the_run_as_unhealthy(project, cluster_env, docker_client):
-    """The decode of test_1p1d_erdma leaks GPU memory: the reset after it fails, and the cases
-    after it are not run but failed, saying the environment was unhealthy."""
+    """The decode of test_1p1d_erdma leaks GPU memory: the case fails at the drain before its
+    second model, the reset after it fails, and the cases after it are not run but failed,
+    saying the environment was unhealthy."""
     env = {**cluster_env, "HARNESS_SIM_FAULTS": "decode:gpu-leak", "TIMEOUT_GPU_DRAIN_S": "2",
            "TIMEOUT_GPU_DRAIN_AFTER_KILL_S": "2"}
     done = run_group(project, env, "SGLANG")
     assert done.returncode == 1, done.stdout[-5000:]
     assert statuses(project) == {
         "test_hicache_storage_mooncake_backend": "Pass", "test_disaggregation_different_tp": "Pass",
-        "test_1p1d_erdma": "Pass", "test_epd_sglang": "Fail", "test_moe_mooncake": "Fail"}
+        "test_1p1d_erdma": "Fail", "test_epd_sglang": "Fail", "test_moe_mooncake": "Fail"}
+    pd = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
+    assert pd["step"] == "Qwen/Qwen3-8B: gpu drain" and pd["host"] == "remote", pd
+    assert "GPU memory still used" in pd["reason"]  # seen before the second model, too
     for case in ("test_epd_sglang", "test_moe_mooncake"):
         summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
         assert summary["reason"].startswith("environment unhealthy"), summary["reason"]
