@@ -36,10 +36,14 @@ except ImportError:  # older images kept the HiCache tests under test/srt/hicach
                                  "sglang", "test", "srt", "hicache"))
     from test_hicache_storage_file_backend import HiCacheStorageBaseMixin
 
-from sglang.test.test_utils import CustomTestCase, is_in_ci
+from sglang.test.test_utils import DEFAULT_MLA_MODEL_NAME_FOR_TEST, CustomTestCase, is_in_ci
 
-MHA_MODEL = "Qwen/Qwen3-8B"
-MLA_MODEL = "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"
+# The models come from the image's test tree, as SGLang's own HiCache tests take them: the
+# mixin's `_get_model_name` (DEFAULT_MODEL_NAME_FOR_TEST) and, for the MLA class,
+# DEFAULT_MLA_MODEL_NAME_FOR_TEST. `--models` prints them, so the harness decides the offline
+# cache on what this file really loads.
+MODELS_FLAG = "--models"
+MODEL_LINE = "[hicache] loads model: "
 
 SERVICE_HOST = "127.0.0.1"
 SERVICE_READY_TIMEOUT_S = float(os.environ.get("HARNESS_MOONCAKE_READY_S", "60"))
@@ -194,10 +198,6 @@ class HiCacheStorageMooncakeBackendBaseMixin(HiCacheStorageBaseMixin):
     """SGLang's HiCache storage mixin, with Mooncake services and the Mooncake backend."""
 
     @classmethod
-    def _get_model_name(cls):
-        return MHA_MODEL
-
-    @classmethod
     def setUpClass(cls):
         cls.mooncake = MooncakeServices(cls.__name__)
         cls.mooncake.start()
@@ -237,7 +237,7 @@ class TestMooncakeBackendMLAModel(HiCacheStorageMooncakeBackendBaseMixin, Custom
 
     @classmethod
     def _get_model_name(cls):
-        return MLA_MODEL
+        return DEFAULT_MLA_MODEL_NAME_FOR_TEST
 
     @classmethod
     def _get_additional_server_args_and_env(cls):
@@ -279,5 +279,18 @@ class TestMooncakeBackendPageFirstLayout(HiCacheStorageMooncakeBackendBaseMixin,
         return server_args, env_vars
 
 
+TEST_CLASSES = (TestMooncakeBackendMLAModel, TestMooncakeBackendAccuracy,
+                TestMooncakeBackendPageFirstLayout)
+
+
+def print_models() -> None:
+    """One line per model the test classes load, first use first, each once."""
+    for model in dict.fromkeys(cls._get_model_name() for cls in TEST_CLASSES):
+        print(f"{MODEL_LINE}{model}", flush=True)
+
+
 if __name__ == "__main__":
-    unittest.main(verbosity=2)
+    if sys.argv[1:] == [MODELS_FLAG]:
+        print_models()
+    else:
+        unittest.main(verbosity=2)

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Mapping
 
-from harness_sim import TOKENIZER_DIR, faults, gpu
+from harness_sim import TOKENIZER_DIR, faults, gpu, hub
 from harness_sim.console import say
 from harness_sim.engine import Engine, EngineServer
 from harness_sim.serving import (
@@ -97,13 +97,17 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         gpu.hold(args, active, component, environ)  # simulated GPU memory, released at exit
     except ValueError as exc:
         return usage_error(exc)
+    refusal = hub.offline_refusal(args.model_path, environ)
+    if refusal:
+        say(f"{TAG} error: {refusal}")
+        return faults.EXIT_CRASH
     engine = Engine(args=args, model_path=reported_model_path(args, environ),
                     faults=active, component=component,
                     kv=KvLedger(always_bad="wrong-answer" in active,
                                 per_request=bool(args.language_only and args.encoder_urls)))
     say(f"{TAG} role={args.role} component={component or '-'} "
         f"faults={','.join(sorted(active)) or '-'} model_path={engine.model_path} "
-        f"startup={startup_s}s")
+        f"startup={startup_s}s hub={'offline' if hub.offline(environ) else 'online'}")
 
     stopped = load_model(stopper, startup_s, active, component)
     if stopped is not None:
