@@ -271,10 +271,13 @@ class CaseContext:
         proc = server.proc
         assert proc is not None
         next_alive_check = time.monotonic() + 1.0
+        echo = _ConsoleEcho(node, log_path)
 
         def finished() -> tuple[bool, str]:
             nonlocal next_alive_check
+            echo.more()
             if proc.exit_code() is not None:
+                echo.rest()
                 return True, ""
             if time.monotonic() >= next_alive_check:
                 next_alive_check = time.monotonic() + 1.0
@@ -294,3 +297,24 @@ class CaseContext:
             raise CaseFailed(f"payload exited with status {code}", host=node.name,
                              log_tail=tail(server.log_tail(40), 40),
                              hint=f"see {log_path.name} in the case's log dir")
+
+
+class _ConsoleEcho:
+    """A payload's output on the console as well as in `<case>.log`, as the old scripts' `tee`
+    did (T-One's job log is the console): what the log gained since the last look, by lines."""
+
+    def __init__(self, node: Node, log_path: PurePosixPath) -> None:
+        self.node, self.path = node, node.on_host(log_path)
+        self.offset, self.partial = 0, ""
+
+    def more(self) -> None:
+        text, self.offset = self.node.host.read_from(self.path, self.offset)
+        lines, _, self.partial = (self.partial + text).rpartition("\n")
+        if lines:
+            print(lines, flush=True)
+
+    def rest(self) -> None:
+        self.more()
+        if self.partial:
+            print(self.partial, flush=True)
+            self.partial = ""

@@ -60,6 +60,10 @@ def test_demo_group_passes_with_remote_logs_collected(project, tmp_path):
     assert "cat" in json.loads((epd / "curl_response.log").read_text())[
         "choices"][0]["message"]["content"].lower()
     assert "skipped" in done.stdout  # prep steps that cannot apply are shown, not dropped
+    # a payload's output reaches the console too (the old scripts' tee; T-One keeps the console)
+    assert "test_moe_mooncake.py::TestMooncakeElasticEP::test_mmlu" in done.stdout
+    for case in SGLANG_CASES:  # the old scripts' result lines
+        assert f"{case}: Pass" in done.stdout.splitlines()
     # This machine has the RDMA libraries: the hicache case ran the REAL Mooncake master, not
     # the simulator's stand-in (which says SIMULATED; see the test without the libraries).
     masters = sorted((project / "run/logs/test_hicache_storage_mooncake_backend").rglob(
