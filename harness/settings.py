@@ -114,6 +114,10 @@ class Settings:
     ssh_host_key_policy: HostKeyPolicy = _s("SSH_HOST_KEY_POLICY", HostKeyPolicy.ACCEPT_NEW,
                                             "strict, accept-new or ignore")
     ssh_known_hosts: str = _s("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts", "known_hosts file")
+    ssh_config: str = _s(
+        "SSH_CONFIG", "~/.ssh/config",
+        "OpenSSH client config read for REMOTE_IP (HostName, User, Port, IdentityFile, "
+        "ProxyJump); REMOTE_USER, REMOTE_SSH_PORT and REMOTE_SSH_KEY win where set")
     router_pip_index_url: str = _s("ROUTER_PIP_INDEX_URL",
                                    "https://mirrors.aliyun.com/pypi/simple/",
                                    "index for the on-demand sglang-router install")
@@ -162,7 +166,26 @@ class Settings:
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
+        settings._remember_given(values)
         return settings
+
+    def _remember_given(self, values: Mapping[str, Any]) -> None:
+        # Which settings were given (by the environment or an override), so a default can be
+        # told from the same value set on purpose: ~/.ssh/config fills in only what was not.
+        object.__setattr__(self, "_given", frozenset(values))
+
+    def given(self, name: str) -> bool:
+        """Was the setting `name` (its field or env name) set, rather than left at its default?
+        Settings built without from_env count a value other than the default as set."""
+        for f in fields(self):
+            if name in (f.name, f.metadata["env"]):
+                known = getattr(self, "_given", None)
+                if known is not None:
+                    return f.name in known
+                default = f.default if f.default is not dataclasses.MISSING \
+                    else f.default_factory()
+                return getattr(self, f.name) != default
+        raise KeyError(name)
 
     def validate(self) -> None:
         """Refuse values that would misbehave later (a `nan` deadline never passes, port 99999
@@ -188,7 +211,11 @@ class Settings:
                                      "/tmp/Mooncake_tone/mooncake_ci_test")
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
+        changed = dataclasses.replace(self, **changes)
+        given = getattr(self, "_given", None)
+        if given is not None:
+            changed._remember_given({**dict.fromkeys(given), **changes})
+        return changed
 
     @property
     def remote_container(self) -> str:

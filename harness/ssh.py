@@ -1,7 +1,9 @@
 """The remote host over SSH: `SSHHost`, the same small interface as `LocalHost` on paramiko.
 
 One paramiko connection is opened on first use and reused for the whole run (exec channels and
-one SFTP session share it); `close()` ends it. Host keys follow `SSH_HOST_KEY_POLICY` and
+one SFTP session share it); `close()` ends it. Where it goes (HostName, User, Port, IdentityFile,
+ProxyJump) is REMOTE_IP looked up in SSH_CONFIG, the harness's settings winning where set
+(harness.ssh_config). Host keys follow `SSH_HOST_KEY_POLICY` and
 `SSH_KNOWN_HOSTS` (SPEC §3): `strict` knows only the file, `accept-new` records unknown keys in
 it and refuses changed ones, `ignore` takes any key and records nothing. Every failure is one
 `SSHError` line naming the host (`remote`) and the address, with a hint of what to do.
@@ -23,7 +25,9 @@ import paramiko
 from harness.errors import CommandFailed, HarnessError
 from harness.hosts import Completed
 from harness.settings import HostKeyPolicy, Settings
-from harness.ssh_keys import AcceptNewPolicy, StrictPolicy, UnknownHostKey, known_hosts_name
+from harness.ssh_config import Hop, resolve
+from harness.ssh_keys import (AcceptNewPolicy, StrictPolicy, UnknownHostKey, changed_key_message,
+                              known_hosts_name)
 from harness.ssh_files import SFTPFiles
 
 log = logging.getLogger(__name__)
@@ -71,11 +75,11 @@ class SSHHost(SFTPFiles):
                  sftp_timeout: float = SFTP_TIMEOUT_S,
                  client_factory: Callable[[], paramiko.SSHClient] = paramiko.SSHClient) -> None:
         self.name = name
-        self.address = address
-        self.port = int(settings.remote_ssh_port)
-        self.user = settings.remote_user
-        self.key_file = os.path.expanduser(settings.remote_ssh_key) if settings.remote_ssh_key \
-            else ""
+        self.address = address          # what servers bind and URLs name (REMOTE_IP)
+        self.route = resolve(settings, address)
+        self.hostname = self.route.target.hostname
+        self.port = self.route.target.port
+        self.user = self.route.target.user
         self.policy = HostKeyPolicy(settings.ssh_host_key_policy)
         self.known_hosts = Path(os.path.expanduser(settings.ssh_known_hosts))
         self.connect_timeout = connect_timeout
@@ -84,13 +88,14 @@ class SSHHost(SFTPFiles):
         self.connects = 0            # how many connections were opened (one per run is the aim)
         self._client_factory = client_factory
         self._client: paramiko.SSHClient | None = None
+        self._jump_clients: list[paramiko.SSHClient] = []
         self._sftp: paramiko.SFTPClient | None = None
         self._lock = threading.RLock()        # connection setup and the one SFTP session
         self._sftp_lock = threading.RLock()
 
     @property
     def target(self) -> str:
-        return f"{self.address}:{self.port}"
+        return self.route.target.target
 
     def __repr__(self) -> str:
         return f"SSHHost({self.name!r}, {self.user}@{self.target})"
@@ -119,40 +124,74 @@ class SSHHost(SFTPFiles):
             return self._client.get_transport()
 
     def _connect(self) -> paramiko.SSHClient:
+        """Through the ProxyJump hosts (each over the one before), then to the target."""
+        jumps: list[paramiko.SSHClient] = []
+        sock = None
+        try:
+            hops = [*self.route.jumps, self.route.target]
+            for hop, after in zip(hops[:-1], hops[1:], strict=True):
+                jumps.append(self._open(hop, sock))
+                sock = self._forward(jumps[-1], hop, after)
+            self.connects += 1
+            client = self._open(self.route.target, sock)
+        except BaseException:
+            for jump in reversed(jumps):
+                jump.close()
+            raise
+        self._jump_clients = jumps
+        via = f" via {', '.join(hop.target for hop in self.route.jumps)}" if jumps else ""
+        log.info("%s: connected to %s@%s over SSH%s", self.name, self.user, self.target, via)
+        return client
+
+    def _open(self, hop: Hop, sock) -> paramiko.SSHClient:
         client = self._client_factory()
         self._apply_host_key_policy(client)
-        kwargs = dict(hostname=self.address, port=self.port, username=self.user,
+        kwargs = dict(hostname=hop.hostname, port=hop.port, username=hop.user, sock=sock,
                       timeout=self.connect_timeout, banner_timeout=self.connect_timeout,
                       auth_timeout=self.connect_timeout, channel_timeout=self.connect_timeout)
-        if self.key_file:
-            if not os.path.isfile(self.key_file):
-                raise self._error(f"REMOTE_SSH_KEY {self.key_file} does not exist",
-                                  hint="point REMOTE_SSH_KEY at the private key, or unset it "
-                                       "to use the SSH agent and ~/.ssh keys")
-            self._check_key_file()
-            kwargs.update(key_filename=self.key_file, allow_agent=False, look_for_keys=False)
-        self.connects += 1
+        if hop.key_from_setting:
+            self._check_key_file(hop.key_files[0])
+            kwargs.update(key_filename=hop.key_files[0], allow_agent=False, look_for_keys=False)
+        elif hop.key_files:        # the config's IdentityFile: those and the agent's, as ssh
+            kwargs.update(key_filename=hop.key_files, look_for_keys=False)
         try:
             client.connect(**kwargs)
         except BaseException as exc:
             client.close()
-            raise self._connect_error(exc) from None
+            raise self._connect_error(exc, hop) from None
         transport = client.get_transport()
         transport.set_keepalive(KEEPALIVE_S)
-        _tcp_keepalive(transport.sock)
-        log.info("%s: connected to %s@%s over SSH", self.name, self.user, self.target)
+        if sock is None:
+            _tcp_keepalive(transport.sock)
         return client
 
-    def _check_key_file(self) -> None:
-        """A key that cannot be used is said so here, not as a refused login later."""
+    def _forward(self, jump: paramiko.SSHClient, hop: Hop, after: Hop) -> paramiko.Channel:
+        """A direct-tcpip channel from the jump host to the next hop (`ssh -J`'s)."""
         try:
-            paramiko.PKey.from_path(self.key_file)
+            return jump.get_transport().open_channel(
+                "direct-tcpip", (after.hostname, after.port), ("127.0.0.1", 0),
+                timeout=self.connect_timeout)
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            raise self._error(f"jump host {hop.target} (ProxyJump {hop.alias} in "
+                              f"{self.route.config_file}) cannot reach {after.target} "
+                              f"({exc or type(exc).__name__})",
+                              hint="check the jump host's AllowTcpForwarding and that it can "
+                                   "reach the target") from None
+
+    def _check_key_file(self, key_file: str) -> None:
+        """A key that cannot be used is said so here, not as a refused login later."""
+        if not os.path.isfile(key_file):
+            raise self._error(f"REMOTE_SSH_KEY {key_file} does not exist",
+                              hint="point REMOTE_SSH_KEY at the private key, or unset it "
+                                   "to use the SSH agent and ~/.ssh keys")
+        try:
+            paramiko.PKey.from_path(key_file)
         except paramiko.PasswordRequiredException:
-            raise self._error(f"REMOTE_SSH_KEY {self.key_file} is protected by a passphrase",
+            raise self._error(f"REMOTE_SSH_KEY {key_file} is protected by a passphrase",
                               hint="load it into an SSH agent and unset REMOTE_SSH_KEY") \
                 from None
         except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise self._error(f"cannot use REMOTE_SSH_KEY {self.key_file} as a private key "
+            raise self._error(f"cannot use REMOTE_SSH_KEY {key_file} as a private key "
                               f"({exc or type(exc).__name__})") from None
 
     def _apply_host_key_policy(self, client: paramiko.SSHClient) -> None:
@@ -172,38 +211,39 @@ class SSHHost(SFTPFiles):
         else:
             client.set_missing_host_key_policy(AcceptNewPolicy(self.known_hosts))
 
-    def _connect_error(self, exc: BaseException) -> BaseException:
-        name = known_hosts_name(self.address, self.port)
+    def _connect_error(self, exc: BaseException, hop: Hop) -> BaseException:
+        name = known_hosts_name(hop.hostname, hop.port)
         if isinstance(exc, UnknownHostKey):
             return self._error(
-                f"host key of {self.target} is not in {self.known_hosts} "
-                f"(SSH_HOST_KEY_POLICY=strict); add it with ssh-keyscan -p {self.port} "
-                f"{self.address} >> {self.known_hosts} or use accept-new")
+                f"host key of {hop.target} is not in {self.known_hosts} "
+                f"(SSH_HOST_KEY_POLICY=strict); add it with ssh-keyscan -p {hop.port} "
+                f"{hop.hostname} >> {self.known_hosts} or use accept-new")
         if isinstance(exc, paramiko.BadHostKeyException):
-            return self._error(
-                f"host key of {self.target} has CHANGED ({exc.key.get_name()} "
-                f"{exc.key.fingerprint} does not match {self.known_hosts}); refusing to connect "
-                f"(SSH_HOST_KEY_POLICY={self.policy.value}); if the host was really reinstalled, "
-                f"remove the old line with ssh-keygen -R '{name}' -f {self.known_hosts}")
+            return self._error(changed_key_message(hop.target, exc.key, self.known_hosts, name,
+                                                   self.policy.value))
         if isinstance(exc, paramiko.AuthenticationException):
+            keys = ", ".join(hop.key_files) or "agent/default keys"
             return self._error(
-                f"SSH login as {self.user}@{self.target} refused (wrong user or key; "
-                f"REMOTE_USER/REMOTE_SSH_KEY)",
-                hint=f"the key ({self.key_file or 'agent/default keys'}) must be in "
-                     f"~{self.user}/.ssh/authorized_keys on the remote host")
+                f"SSH login as {hop.user}@{hop.target} refused (wrong user or key; "
+                f"REMOTE_USER/REMOTE_SSH_KEY{self._config_note()})",
+                hint=f"the key ({keys}) must be in ~{hop.user}/.ssh/authorized_keys on "
+                     f"{'the remote host' if hop is self.route.target else hop.alias}")
         if isinstance(exc, (paramiko.ssh_exception.NoValidConnectionsError, socket.timeout,
                             TimeoutError, socket.gaierror, OSError)):
             why = _reach_reason(exc)
-            return self._error(f"cannot reach {self.target} over SSH ({why})",
+            return self._error(f"cannot reach {hop.target} over SSH ({why})",
                                hint="check REMOTE_IP and REMOTE_SSH_PORT, and that sshd runs "
                                     "on the remote host")
         if isinstance(exc, (paramiko.SSHException, EOFError)):
-            return self._error(f"SSH handshake with {self.target} failed ({exc or type(exc)})",
+            return self._error(f"SSH handshake with {hop.target} failed ({exc or type(exc)})",
                                hint="is an SSH server listening on REMOTE_SSH_PORT?")
         return exc
 
+    def _config_note(self) -> str:
+        return f"; and {self.route.config_file}" if self.route.config_file else ""
+
     def _drop(self) -> None:
-        for thing in (self._sftp, self._client):
+        for thing in (self._sftp, self._client, *reversed(self._jump_clients)):
             if thing is not None:
                 try:
                     thing.close()
@@ -211,6 +251,7 @@ class SSHHost(SFTPFiles):
                     pass
         self._sftp = None
         self._client = None
+        self._jump_clients = []
 
     def close(self) -> None:
         """Close the SFTP session and the connection; idempotent (a later use reconnects)."""

@@ -52,3 +52,37 @@ def append_known_host(path: Path, name: str, key: paramiko.PKey) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with os.fdopen(fd, "a") as fh:
         fh.write(known_hosts_line(name, key))
+
+
+def known_hosts_line_number(path: Path, name: str) -> int | None:
+    """The first line of a known_hosts file that names `name` (plain or hashed), or None."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0].startswith("@") and len(words) > 1:   # @cert-authority / @revoked
+            words = words[1:]
+        for pattern in words[0].split(","):
+            if pattern == name:
+                return number
+            if pattern.startswith("|1|"):
+                salt = pattern[3:].split("|")[0]
+                if paramiko.HostKeys.hash_host(name, salt) == pattern:
+                    return number
+    return None
+
+
+def changed_key_message(target: str, key: paramiko.PKey, known_hosts: Path, name: str,
+                        policy: str) -> str:
+    """One line for a host key that does not match the recorded one: which file and line,
+    and the two ways on (remove that line, or the setting that takes any key)."""
+    number = known_hosts_line_number(known_hosts, name)
+    where = f"line {number} of {known_hosts}" if number else str(known_hosts)
+    return (f"host key of {target} has CHANGED ({key.get_name()} {key.fingerprint} does not "
+            f"match {where}); refusing to connect (SSH_HOST_KEY_POLICY={policy}); if the host "
+            f"was really reinstalled, remove that line with ssh-keygen -R '{name}' -f "
+            f"{known_hosts}, or set SSH_HOST_KEY_POLICY=ignore to accept any key")

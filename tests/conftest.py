@@ -130,6 +130,7 @@ def remote_settings(sshd, tmp_path):
             "REMOTE_SSH_KEY": str(server.client_key),
             "SSH_HOST_KEY_POLICY": "accept-new",
             "SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
+            "SSH_CONFIG": str(tmp_path / "no_ssh_config"),   # never this machine's own
             "REMOTE_TEST_DIR": str(tmp_path / "remote_test_dir"),
         }
         values.update({k: str(v) for k, v in env.items()})

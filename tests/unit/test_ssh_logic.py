@@ -22,6 +22,7 @@ from harness.sync_tree import build_tarball, check_wipeable, sync_excluded, wipe
 def settings(**env) -> Settings:
     base = {"REMOTE_IP": "127.0.0.2", "REMOTE_SSH_PORT": "2222", "REMOTE_USER": "ci",
             "SSH_KNOWN_HOSTS": "/nonexistent/known_hosts", "REMOTE_CONTAINER_NAME": "rc",
+            "SSH_CONFIG": "/nonexistent/ssh_config",
             "REMOTE_TEST_DIR": "/srv/mooncake/ci"}
     return Settings.from_env({**base, **{k: str(v) for k, v in env.items()}})
 
@@ -185,8 +186,9 @@ def test_connect_failures_are_one_line_each(rsa_keys, tmp_path):
     changed = connect_error(paramiko.BadHostKeyException("127.0.0.2", *rsa_keys),
                             SSH_KNOWN_HOSTS=known)
     assert str(changed).startswith("[host remote] host key of 127.0.0.2:2222 has CHANGED")
-    assert str(changed).endswith(f"if the host was really reinstalled, remove the old line "
-                                 f"with ssh-keygen -R '[127.0.0.2]:2222' -f {known}")
+    assert str(changed).endswith(f"if the host was really reinstalled, remove that line "
+                                 f"with ssh-keygen -R '[127.0.0.2]:2222' -f {known}, or set "
+                                 "SSH_HOST_KEY_POLICY=ignore to accept any key")
     assert "handshake" in str(connect_error(paramiko.SSHException("Error reading banner")))
 
 
