@@ -197,7 +197,10 @@ def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
         return
     image = s.image_for(group)
     step("pull-image", lambda: node.pull(image, s.image_pull))
-    stack.callback(node.remove)
+    # At the end of the run the container is stopped, not removed (SPEC §8, as the old
+    # scripts' `docker stop`): a person can look inside after a failure; the next run's
+    # start-container replaces it, `invoke clean` removes it.
+    stack.callback(node.stop_container)
     step("start-container", lambda: prep.start_container(node, image, env.run_id))
     if s.install_erdma:
         step("install-erdma", lambda: prep.install_erdma(node, s))

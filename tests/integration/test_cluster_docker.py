@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from tests.integration.test_single_docker import containers_named, harness_env
+from tests.integration.test_single_docker import (assert_stopped_not_removed, containers_named,
+                                                  harness_env)
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 
@@ -58,7 +59,7 @@ def test_sglang_group_on_docker_over_ssh(project, cluster_env, docker_client, tm
     assert summary["prep_s"]["remote:sync-project"] > 0
     assert summary["prep_s"]["remote:start-container"] > 0
     for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
-        assert not containers_named(docker_client, name)
+        assert_stopped_not_removed(docker_client, name)
 
 
 def test_gpu_leak_stops_the_run_as_unhealthy(project, cluster_env, docker_client):
@@ -82,7 +83,7 @@ def test_gpu_leak_stops_the_run_as_unhealthy(project, cluster_env, docker_client
         assert "GPU memory still used" in summary["reason"]
     assert not (project / "run/logs/test_epd_sglang/Qwen__Qwen2.5-VL-7B-Instruct").exists()
     for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
-        assert not containers_named(docker_client, name)
+        assert_stopped_not_removed(docker_client, name)
 
 
 @pytest.mark.parametrize("version,proxy_line", [
