@@ -1,26 +1,31 @@
 """vLLM prefill (remote) and decode (local) with the MooncakeConnector, behind a proxy."""
 import json
 import logging
-import re
+
+from packaging.version import InvalidVersion, Version
 
 from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, require_match
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.errors import HarnessError
 from harness.nodes import Node
-from harness.servers import (HttpOk, Server, app_startup_ready, log_line, offline_env,
-                             start_all)
+from harness.servers import (AnyOf, HttpOk, PostNot503, Server, app_startup_ready, log_line,
+                             offline_env, start_all)
 
 log = logging.getLogger(__name__)
 NAME = "test_vllm_1p1d_erdma"
 MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V2-Lite")
 PREFILL_PORT, DECODE_PORT, PROXY_PORT = 8010, 8020, 8000
-CONNECTOR_PROXY_SINCE = (0, 16, 0)
+# PEP 440, as the old scripts compared (packaging.version): 0.16.0rc1 and 0.16.0.devN are older
+# than 0.16.0 and take the project's own proxy. harness/simknobs.py mirrors this rule.
+CONNECTOR_PROXY_SINCE = Version("0.16.0")
 # Where vLLM images have kept the Mooncake connector proxy, under $VLLM_WORKSPACE.
 CONNECTOR_PROXY_PATHS = (
     "examples/disaggregated/mooncake_connector/mooncake_connector_proxy.py",
     "examples/online_serving/disaggregated_serving/mooncake_connector/mooncake_connector_proxy.py",
 )
 OWN_PROXY = "payloads/vllm_proxy/disagg_proxy.py"
+CONNECTOR_PROXY_READY = "All prefiller instances are ready."
+CHAT_ROUTE = "/v1/chat/completions"
 
 
 def request(model: str) -> dict:
@@ -29,15 +34,17 @@ def request(model: str) -> dict:
             "stream": False, "max_tokens": 200, "temperature": 0}
 
 
-def parse_version(text: str) -> tuple[int, int, int]:
-    """`0.17.0`, `0.16.1rc1`, `0.9.2+cu128` -> a comparable triple; anything else is an error."""
-    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", text)
-    if not match:
-        raise HarnessError(f"cannot read the vLLM version from {text.strip()[:80]!r}")
-    return int(match[1]), int(match[2]), int(match[3] or 0)
+def parse_version(text: str) -> Version:
+    """`0.17.0`, `0.16.1rc1`, `0.9.2+cu128` -> a PEP 440 version; anything else is an error
+    naming what was read (never a guess: the proxy choice hangs on it)."""
+    try:
+        return Version(text.strip())
+    except InvalidVersion:
+        raise HarnessError(f"cannot read the vLLM version from {text.strip()[:80]!r} "
+                           "(not a PEP 440 version)") from None
 
 
-def vllm_version(ctx: CaseContext, node: Node) -> tuple[int, int, int]:
+def vllm_version(ctx: CaseContext, node: Node) -> Version:
     done = node.exec(["python3", "-c", "import vllm; print(vllm.__version__)"],
                           env=ctx.sim_env(node), pythonpath=ctx.pythonpath(node), timeout=120,
                           check=False)
@@ -48,7 +55,7 @@ def vllm_version(ctx: CaseContext, node: Node) -> tuple[int, int, int]:
     return parse_version(done.output.strip().splitlines()[-1] if done.output.strip() else "")
 
 
-def proxy_server(ctx: CaseContext, model: str, version: tuple[int, int, int]) -> Server:
+def proxy_server(ctx: CaseContext, model: str, version: Version) -> Server:
     node, s = ctx.local, ctx.settings
     remote_url = f"http://{ctx.remote.address}:{PREFILL_PORT}"
     local_url = f"http://{node.address}:{DECODE_PORT}"
@@ -56,7 +63,11 @@ def proxy_server(ctx: CaseContext, model: str, version: tuple[int, int, int]) ->
              "--port", str(PROXY_PORT)]
     if version >= CONNECTOR_PROXY_SINCE:
         script = connector_proxy_path(ctx, node)
-        ready = [log_line("All prefiller instances are ready.", s.timeout_proxy_s)]
+        # The line may never reach proxy.log (the older copy logs it through a logger with no
+        # handler); both copies answer 503 on the chat route until their prefillers are known.
+        ready = [AnyOf((log_line(CONNECTOR_PROXY_READY, s.timeout_proxy_s),
+                        PostNot503(f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}",
+                                   s.timeout_proxy_s)), s.timeout_proxy_s)]
     else:
         script = str(node.layout.root / OWN_PROXY)
         ready = [log_line("Application startup complete.", s.timeout_proxy_s),
@@ -101,11 +112,11 @@ def run(ctx: CaseContext) -> None:
         version = vllm_version(ctx, ctx.local)
     proxy = "the image's Mooncake connector proxy" if version >= CONNECTOR_PROXY_SINCE \
         else "the project's own proxy"
-    log.info("%s: vLLM %s: %s", NAME, ".".join(map(str, version)), proxy)
+    log.info("%s: vLLM %s: %s", NAME, version, proxy)
     ctx.each_model(MODELS, lambda model: run_model(ctx, model, version))
 
 
-def run_model(ctx: CaseContext, model: str, version: tuple[int, int, int]) -> None:
+def run_model(ctx: CaseContext, model: str, version: Version) -> None:
     prefill = vllm_server(ctx, "prefill", ctx.remote, model, PREFILL_PORT, "kv_producer",
                           "vllm_server_remote.log")
     decode = vllm_server(ctx, "decode", ctx.local, model, DECODE_PORT, "kv_consumer",
@@ -114,7 +125,7 @@ def run_model(ctx: CaseContext, model: str, version: tuple[int, int, int]) -> No
         start_all([prefill, decode])
     with ctx.step(f"{model}: start proxy"):
         start_all([proxy_server(ctx, model, version)])
-    url = f"http://127.0.0.1:{PROXY_PORT}/v1/chat/completions"
+    url = f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}"
     with ctx.step(f"{model}: request"):
         status, body = post(url, request(model), 120, ctx.local_file(model, RESPONSE_LOG),
                             server="proxy")

@@ -130,7 +130,26 @@ class OwnsPort:
         return done.ok, "" if done.ok else f"port {self.port} is not held by {server.name}"
 
 
-Rule = LogLines | HttpOk | AnyOf | OwnsPort
+@dataclass(frozen=True)
+class PostNot503:
+    """Ready when POST url answers anything but 503: for a route that refuses with 503 until
+    the server can serve it (vLLM's connector proxies before their prefillers are known). The
+    body is a bare `{}`, so a ready server rejects it quickly instead of running a request."""
+    url: str
+    timeout_s: float
+
+    def describe(self) -> str:
+        return f"POST {self.url} -> not 503"
+
+    def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
+        try:
+            answer = session.post(self.url, json={}, timeout=5)
+        except requests.RequestException as exc:
+            return False, type(exc).__name__
+        return answer.status_code != 503, f"HTTP {answer.status_code}"
+
+
+Rule = LogLines | HttpOk | AnyOf | OwnsPort | PostNot503
 
 
 def log_line(text: str, timeout_s: float, count: int = 1) -> LogLines:

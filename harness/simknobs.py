@@ -7,7 +7,7 @@ runs inside serving images), and tests/unit/test_simknobs.py keeps the two equal
 """
 from __future__ import annotations
 
-import re
+from packaging.version import InvalidVersion, Version
 
 from harness.errors import SettingsError
 
@@ -30,13 +30,16 @@ WHY_NOT = {
     "proxy": "a vLLM proxy holds no GPU memory",
 }
 # vLLM before this runs the project's own proxy (real code): only the launcher's faults act.
-OWN_PROXY_BEFORE = (0, 16, 0)
+# PEP 440, as the vLLM case compares (0.16.0rc1 is before it); a unit test keeps them equal.
+OWN_PROXY_BEFORE = Version("0.16.0")
 OWN_PROXY_ACTING = ("crash", "hang", "die-after-ready")
 
 
-def _version(text: str) -> tuple[int, int, int] | None:
-    match = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", text or "")
-    return (int(match[1]), int(match[2]), int(match[3] or 0)) if match else None
+def _version(text: str) -> Version | None:
+    try:
+        return Version((text or "").strip())
+    except InvalidVersion:
+        return None
 
 
 def _refuse(item: str, component: str, why: str, acting: tuple[str, ...]) -> SettingsError:

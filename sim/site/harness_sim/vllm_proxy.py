@@ -16,6 +16,8 @@ Not vLLM's code: an imitation of what the harness sees of it.
   "remote_engine_id": E, "transfer_id": T}`; the decode's answer (streamed when asked) is the
   answer. (vLLM's proxy sends both at once; the simulator waits for the prefill so a failure
   is reported as such: HTTP 502 naming the upstream.)
+* `HARNESS_SIM_PROXY_SILENT=1`: the ready line is never printed (ready all the same), as
+  vLLM's older copy logs it through a logger with no handler; only the 503s tell.
 * Faults for component `proxy` (HARNESS_SIM_COMPONENT=proxy): crash, hang, die-after-ready,
   wrong-answer, http-500, with the simulated servers' meaning.
 """
@@ -55,6 +57,7 @@ from harness_sim.wiring import QuietHTTPServer, get_json, http_url
 
 DEFAULT_BOOTSTRAP_PORT = 8998
 READY_LINE = "All prefiller instances are ready."
+SILENT_ENV = "HARNESS_SIM_PROXY_SILENT"
 POLL_S = 0.2                  # how often a prefill is asked again while it is not up
 UPSTREAM_TIMEOUT_S = 300.0
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, never a proxy
@@ -171,6 +174,13 @@ def wait_for_prefillers(state: ProxyState, stopper: Stopper) -> None:
         say(f"Inited prefiller {prefiller.url} with dp_size={len(prefiller.engine_ids)}")
     state.ready.set()
     if "die-after-ready" not in state.faults:  # that one closes its listener first
+        say_ready()
+
+
+def say_ready() -> None:
+    """The ready line; with HARNESS_SIM_PROXY_SILENT=1 none, as vLLM's older copy (in
+    examples/online_serving/disaggregated_serving/) logs it through a logger with no handler."""
+    if os.environ.get(SILENT_ENV, "").strip().lower() not in ("1", "true", "yes"):
         say(READY_LINE)
 
 
@@ -340,7 +350,7 @@ def _die_once_ready(state: ProxyState, servers: list[QuietHTTPServer], stopper: 
     while not state.ready.is_set():
         if stopper.wait(0.05):
             return stopper.farewell()
-    return die_once_ready(servers, lambda: say(READY_LINE), component)
+    return die_once_ready(servers, say_ready, component)
 
 
 def main(argv: list[str] | None = None) -> int:
