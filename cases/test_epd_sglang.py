@@ -1,9 +1,11 @@
 """Encoder / prefill / decode disaggregation: a vision model, image embeddings moved by Mooncake."""
 import base64
+from pathlib import Path
 
 from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, require_match
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.engines import ROUTER_PORT, sglang_router, sglang_server
+from harness.errors import SettingsError
 from harness.servers import start_all
 
 NAME = "test_epd_sglang"
@@ -13,8 +15,31 @@ QUESTION = "What animal is in the picture?"
 ANSWER = r"cat|kitten|feline"
 
 
-def chat_request(image_jpeg: bytes) -> dict:
-    data_url = "data:image/jpeg;base64," + base64.b64encode(image_jpeg).decode()
+# The old case sent a 2326x3495 photo (about 10 000 image tokens for the encoder to embed and
+# Mooncake to move); the default EPD_IMAGE is as large (3608x2400, upscaled from cat.jpg).
+MIME_BY_MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+
+
+def image_mime(data: bytes) -> str | None:
+    return next((mime for magic, mime in MIME_BY_MAGIC.items() if data.startswith(magic)), None)
+
+
+def read_image(ctx: CaseContext) -> tuple[bytes, str]:
+    """EPD_IMAGE (relative to the project directory on this machine): its bytes and type."""
+    path = ctx.local_project / Path(ctx.settings.epd_image).expanduser()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SettingsError(f"bad value for EPD_IMAGE: cannot read {path} "
+                            f"({exc.strerror or exc})") from None
+    mime = image_mime(data)
+    if mime is None:
+        raise SettingsError(f"bad value for EPD_IMAGE: {path} is not a JPEG or PNG file")
+    return data, mime
+
+
+def chat_request(image: bytes, mime: str = "image/jpeg") -> dict:
+    data_url = f"data:{mime};base64," + base64.b64encode(image).decode()
     return {"model": "default",
             "messages": [{"role": "user", "content": [
                 {"type": "text", "text": QUESTION},
@@ -23,10 +48,12 @@ def chat_request(image_jpeg: bytes) -> dict:
 
 
 def run(ctx: CaseContext) -> None:
-    ctx.each_model((MODEL,), lambda model: run_model(ctx, model))
+    with ctx.step("read EPD_IMAGE"):  # before any server starts: a bad path is one line
+        image, mime = read_image(ctx)
+    ctx.each_model((MODEL,), lambda model: run_model(ctx, model, chat_request(image, mime)))
 
 
-def run_model(ctx: CaseContext, model: str) -> None:
+def run_model(ctx: CaseContext, model: str, request: dict) -> None:
     local, remote = ctx.local, ctx.remote
     encoder_url = f"http://{local.address}:{ENCODER_PORT}"
     encoder = sglang_server(ctx, "encoder", local, model, ENCODER_PORT,
@@ -48,9 +75,8 @@ def run_model(ctx: CaseContext, model: str) -> None:
     with ctx.step(f"{model}: start router"):
         start_all([router])
     url = f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions"
-    image = (ctx.local_project / "payloads" / "assets" / "cat.jpg").read_bytes()
     with ctx.step(f"{model}: request"):
-        status, body = post(url, chat_request(image), 60, ctx.local_file(model, RESPONSE_LOG),
+        status, body = post(url, request, 60, ctx.local_file(model, RESPONSE_LOG),
                             server="router")
         data = require_json_ok(status, body, url=url, server="router")
         require_match(chat_content(data, server="router"), ANSWER, server="router")

@@ -125,6 +125,9 @@ class Settings:
                                "where the SGLang image keeps its source tree")
     vllm_workspace: str = _s("VLLM_WORKSPACE", "/vllm-workspace",
                              "where the vLLM image keeps its examples")
+    epd_image: str = _s("EPD_IMAGE", "payloads/assets/cat_3608x2400.jpg",
+                        "JPEG or PNG photo test_epd_sglang sends (a cat: the answer must say "
+                        "so); relative to the project directory")
     harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
                                   "docker: processes run in the container; host: on each host")
     harness_remote: RemoteVia = _s(

@@ -9,7 +9,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import __version__, api, faults
+from harness_sim import __version__, api, faults, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
@@ -124,7 +124,8 @@ class Engine:
         assert self.encoder_url
         url = f"{self.encoder_url}/encode"
         try:
-            status, answer = post_json(url, {"rid": body.get("rid"), "simulated": True})
+            status, answer = post_json(url, {"rid": body.get("rid"), "simulated": True,
+                                             "images": images.image_urls(body)})
         except OSError as exc:
             raise api.ApiError(500, f"encoder {url} unreachable: {getattr(exc, 'reason', exc)}",
                                "InternalServerError") from None
@@ -132,6 +133,10 @@ class Engine:
             detail = answer.get("message", answer) if isinstance(answer, dict) else answer
             raise api.ApiError(500, f"encoder {url} answered HTTP {status}: {detail}",
                                "InternalServerError")
+        if isinstance(answer, dict):
+            say(f"[harness-sim] encoder {url} embedded {answer.get('image_tokens')} image "
+                f"tokens (embedding {answer.get('embedding_shape')}, "
+                f"{answer.get('embedding_bytes')} bytes to move)")
         return not (isinstance(answer, dict) and answer.get("embedding_ok") is False)
 
     def encode(self, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -141,7 +146,15 @@ class Engine:
         if wrong:
             faults.played_once(self.component, "wrong-answer",
                                "embedding the image wrongly (the answer will not see the cat)")
-        return {"simulated": True, "rid": body.get("rid"), "embedding_shape": [1, 16],
+        seen = images.describe(body.get("images") or [])
+        tokens = sum(image.get("tokens", 1) for image in seen)
+        shape = [tokens, images.HIDDEN_SIZE]
+        sizes = ", ".join(f"{i['width']}x{i['height']}" if "tokens" in i else "size unknown"
+                          for i in seen) or "no image"
+        say(f"[harness-sim] encode {sizes}: {tokens} image tokens, embedding {shape}")
+        return {"simulated": True, "rid": body.get("rid"), "images": seen,
+                "image_tokens": tokens, "embedding_shape": shape,
+                "embedding_bytes": tokens * images.HIDDEN_SIZE * images.BYTES_PER_VALUE,
                 "transfer_backend": self.args.encoder_transfer_backend,
                 "embedding_ok": not wrong}
 
