@@ -65,8 +65,8 @@ def remote_node(settings: Settings) -> Node:
     ssh_host = SSHHost(settings, settings.remote_ip, "remote")
     if settings.harness_runtime is Runtime.HOST:
         return HostNode(ssh_host, settings.remote_test_dir, name="remote")
-    from harness.remote_container import RemoteContainerNode
-    return RemoteContainerNode(settings, ssh_host, settings.remote_test_dir)
+    from harness.container import remote_container_node
+    return remote_container_node(settings, ssh_host, settings.remote_test_dir)
 
 
 def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:

@@ -18,27 +18,18 @@ from __future__ import annotations
 
 import logging
 import shlex
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Iterator
 
-import docker.errors
-
-from harness.container_spec import engine_message
-from harness.errors import CommandFailed, DockerError, HarnessError
+from harness.errors import CommandFailed, HarnessError
 from harness.layout import Layout
 from harness.nodes import Node
 from harness.settings import ImagePull, Runtime, Settings, read_shrc, write_shrc
+from harness.steps import (STEP_GET_WHEEL, STEP_INSTALL_ERDMA,  # noqa: F401 - prep's names
+                           STEP_PIP_INSTALL, STEP_PULL_IMAGE, STEP_RUN_DIR, STEP_START_CONTAINER,
+                           at_step, skipped, starting)
 from harness.wheel import reusable_wheel
 
 log = logging.getLogger(__name__)
-
-STEP_RUN_DIR = "run-dir"
-STEP_GET_WHEEL = "get-wheel"
-STEP_PULL_IMAGE = "pull-image"
-STEP_START_CONTAINER = "start-container"
-STEP_INSTALL_ERDMA = "install-erdma"
-STEP_PIP_INSTALL = "pip-install"
 
 ERDMA_CODENAMES = ("noble", "jammy")
 ERDMA_DEFAULT_CODENAME = "jammy"
@@ -50,25 +41,6 @@ APT_TIMEOUT_S = 900.0
 PIP_ENV = {"PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_ROOT_USER_ACTION": "ignore"}
 PIP_TIMEOUT_S = 1800.0
 PROBE_TIMEOUT_S = 120.0
-
-
-def starting(step: str, host: str, what: str) -> None:
-    log.info("[%s] %s: %s", host, step, what)
-
-
-def skipped(step: str, host: str, why: str) -> None:
-    """The one line for a step that does not run (the demo shows these, never drops them)."""
-    log.info("[%s] %s: skipped (%s)", host, step, why)
-
-
-@contextmanager
-def at_step(step: str, host: str) -> Iterator[None]:
-    """Fill in step and host on any HarnessError raised inside."""
-    try:
-        yield
-    except HarnessError as exc:
-        exc.at(step=step, host=host)
-        raise
 
 
 # --- 1. run dir and settings -------------------------------------------------------------------
@@ -107,44 +79,11 @@ def prepare_run_dir(settings: Settings, host, layout: Layout) -> bool:
 
 
 # --- 3. image ----------------------------------------------------------------------------------
-def _image_present(client, image: str, host: str) -> bool:
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.DockerException as exc:
-        raise DockerError(f"cannot inspect image {image}: {engine_message(exc)}",
-                          step=STEP_PULL_IMAGE, host=host) from None
-
-
-def pull_image(client, image: str, policy: ImagePull | str, *, host: str = "local") -> None:
-    """Pull `image` as IMAGE_PULL says: always (failure is an error), missing, never."""
-    policy = ImagePull(policy)
-    if policy is not ImagePull.ALWAYS and _image_present(client, image, host):
-        skipped(STEP_PULL_IMAGE, host, f"IMAGE_PULL={policy.value} and {image} is present")
-        return
-    if policy is ImagePull.NEVER:
-        raise DockerError(f"image {image} is not present and IMAGE_PULL=never",
-                          step=STEP_PULL_IMAGE, host=host,
-                          hint=f"docker pull {image} on that host, or set IMAGE_PULL=missing")
-    starting(STEP_PULL_IMAGE, host, f"pulling {image}")
-    answer = ""
-    try:
-        for message in client.api.pull(image, stream=True, decode=True):
-            if isinstance(message, dict) and (message.get("error") or message.get("errorDetail")):
-                detail = message.get("errorDetail") or {}
-                answer = message.get("error") or detail.get("message") or str(message)
-                break
-    except docker.errors.DockerException as exc:
-        answer = engine_message(exc)
-    if not answer and not _image_present(client, image, host):
-        answer = "the engine reported no error, but the image is not there afterwards"
-    if answer:
-        raise DockerError(f"cannot pull image {image}: {' '.join(answer.split())[:500]}",
-                          step=STEP_PULL_IMAGE, host=host,
-                          hint="check the image name and the registry; IMAGE_PULL=missing "
-                               "uses an image already on the host")
+def pull_image(client, image: str, policy: ImagePull | str, *, host: str = "local") -> bool:
+    """Pull `image` with a docker SDK client as IMAGE_PULL says (the container node's policy,
+    harness.container.pull_image); True when it pulled."""
+    from harness.container import SdkEngine, pull_image as pull_with_policy
+    return pull_with_policy(SdkEngine(client), image, policy, host=host)
 
 
 # --- 4. container ------------------------------------------------------------------------------

@@ -343,8 +343,9 @@ TEST_OFF = {"CONTAINER_PRIVILEGED": "false", "CONTAINER_MEMLOCK": "0", "CONTAINE
 
 @pytest.fixture
 def remote_node(remote_settings, docker_client, test_image, tmp_path, project):
-    """A RemoteContainerNode named mh-test-remote-<random>; removed (any state) afterwards."""
-    from harness.remote_container import RemoteContainerNode
+    """The remote container node, its container named mh-test-remote-<random>; removed (any
+    state) afterwards."""
+    from harness.container import remote_container_node
     suffix = uuid.uuid4().hex[:10]
     settings = remote_settings(REMOTE_CONTAINER_NAME=f"mh-test-remote-{suffix}",
                                CONTAINER_NAME=f"mh-test-local-{suffix}",
@@ -353,7 +354,7 @@ def remote_node(remote_settings, docker_client, test_image, tmp_path, project):
                                REGISTRY_ADDR_SGLANG=test_image, **TEST_OFF)
     host = SSHHost(settings, settings.remote_ip)
     host.sync_project(project, settings.remote_test_dir)
-    node = RemoteContainerNode(settings, host)
+    node = remote_container_node(settings, host)
     node.run_id = f"mh-test-{suffix}"
     try:
         yield node
@@ -440,9 +441,9 @@ def test_remote_container_refused_start_leaves_nothing(remote_node, docker_clien
 @pytest.mark.docker
 def test_remote_engine_not_answering_is_one_line(remote_node, test_image):
     from harness.errors import DockerError
-    from harness.remote_container import RemoteContainerNode
-    node = RemoteContainerNode(remote_node.settings, remote_node.host,
-                               docker=("docker", "--host", "unix:///nonexistent/docker.sock"))
+    from harness.container import remote_container_node
+    node = remote_container_node(remote_node.settings, remote_node.host, docker_cli=(
+        "docker", "--host", "unix:///nonexistent/docker.sock"))
     for call in (node.ping, lambda: node.start(test_image, "mh-test-x")):
         with pytest.raises(DockerError) as err:
             call()

@@ -1,5 +1,9 @@
-"""The CI container's flags (SPEC §5 step 4) and ContainerNode's engine handling, no engine."""
+"""The CI container's flags (SPEC §5 step 4) and ContainerNode's engine handling, no engine;
+one node class over both transports."""
 from __future__ import annotations
+
+import re
+from pathlib import Path
 
 import docker.errors
 import pytest
@@ -334,3 +338,31 @@ def test_remove_leftovers_only_ours_and_only_stuck():
     assert ct.remove_leftovers(client, name="c") == []
     assert ct.remove_leftovers(client) == ["b"]
     assert sorted(client.by_name) == ["c", "d"]
+
+
+# --- one node, two transports (issue 8 item 11) ------------------------------------------------
+HARNESS = Path(__file__).resolve().parents[2] / "harness"
+NODE_LAYER = ("container.py", "container_engine.py", "docker_sdk.py", "remote_container.py",
+              "nodes.py")
+
+
+def test_the_pull_step_is_named_once_and_the_node_layer_does_not_reach_up_to_prep():
+    defined = [p.name for p in HARNESS.glob("*.py")
+               if re.search(r"^STEP_PULL_IMAGE\s*=", p.read_text(), re.M)]
+    assert defined == ["steps.py"]
+    for name in NODE_LAYER:
+        assert not re.search(r"harness\.prep\b|from harness import .*\bprep\b",
+                             (HARNESS / name).read_text()), name
+
+
+def test_the_remote_node_is_the_same_class_as_the_local_one():
+    from harness.remote_container import DockerCLI
+
+    class Host:
+        name, address = "remote", "127.0.0.2"
+
+    remote = ct.remote_container_node(settings(REMOTE_CONTAINER_NAME="rc"), Host())
+    assert type(remote) is ct.ContainerNode and isinstance(remote.engine, DockerCLI)
+    assert remote.container_name == "rc" and remote.name == "remote"
+    local = ct.ContainerNode(settings(), LocalHost(), PROJECT, client=FakeClient())
+    assert isinstance(local.engine, ct.SdkEngine)

@@ -1,5 +1,6 @@
-"""SSHHost and RemoteContainerNode logic without a server: command lines, the sync filter and
-tarball, host-key recording, and the one-line errors for each connect failure (fake clients)."""
+"""SSHHost and the remote container node (docker CLI) logic without a server: command lines,
+the sync filter and tarball, host-key recording, and the one-line errors for each connect
+failure (fake clients)."""
 from __future__ import annotations
 
 import shlex
@@ -12,7 +13,8 @@ import pytest
 
 from harness.errors import CommandFailed, DockerError, HarnessError
 from harness.hosts import Completed
-from harness.remote_container import RemoteContainerNode, daemon_error
+from harness.container import ContainerNode, remote_container_node
+from harness.remote_container import daemon_error
 from harness.settings import Settings
 from harness.ssh import SSHError, SSHHost, remote_command
 from harness.ssh_keys import AcceptNewPolicy, UnknownHostKey, known_hosts_name
@@ -254,8 +256,8 @@ class FakeHost:
         return path == "/dev/zero"
 
 
-def node(*answers) -> RemoteContainerNode:
-    return RemoteContainerNode(settings(RDMA_DEVICES="/dev/zero,/dev/nope",
+def node(*answers) -> ContainerNode:
+    return remote_container_node(settings(RDMA_DEVICES="/dev/zero,/dev/nope",
                                         CONTAINER_GPUS="none"), FakeHost(*answers))
 
 
