@@ -193,7 +193,10 @@ class Settings:
     def validate(self) -> None:
         """Refuse values that would misbehave later (a `nan` deadline never passes, port 99999
         fails deep inside a connect, REMOTE_TEST_DIR=/usr/lib would be wiped): one line each."""
-        if self.harness_sim and self.sim_faults:
+        if self.sim_faults.strip():
+            if not self.harness_sim:  # a knob nothing would play is a test that cannot fail
+                raise SettingsError("HARNESS_SIM_FAULTS is set but HARNESS_SIM is not true: "
+                                    "faults are played by the simulator only")
             from harness import simknobs
             simknobs.check_faults(self.sim_faults, self.sim_vllm_version)
         for f in fields(self):

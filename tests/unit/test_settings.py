@@ -189,3 +189,10 @@ def test_shrc_masks_credentials_inside_urls(tmp_path):
     values = read_shrc(path)
     assert values["MOONCAKE_WHEEL"] == "https://h.example/w.whl?X-Amz-Signature=***&v=2"
     assert values["ROUTER_PIP_INDEX_URL"] == "https://pypi.example/simple/"
+
+
+def test_faults_without_the_simulator_are_refused():
+    """Nothing plays a fault on real engines: the knob would be a test that cannot fail."""
+    with pytest.raises(SettingsError, match="HARNESS_SIM is not true"):
+        Settings.from_env({"HARNESS_SIM_FAULTS": "decode:crash"})
+    assert Settings.from_env({"HARNESS_SIM_FAULTS": "decode:crash", "HARNESS_SIM": "true"})
