@@ -39,6 +39,9 @@ class QuietHTTPServer(ThreadingHTTPServer):
     daemon_threads = True      # a stop must not wait for idle keep-alive connections
     block_on_close = False
     allow_reuse_address = True
+    # uvicorn listens with a backlog of 2048; socketserver's 5 overflows when an eval sends
+    # 16-64 requests at once on a busy machine, and a client then sees a connection reset.
+    request_queue_size = 2048
 
     def __init__(self, host: str, port: int, handler: type[BaseHTTPRequestHandler]) -> None:
         if ":" in host:
