@@ -8,8 +8,8 @@ from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, r
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.errors import HarnessError
 from harness.nodes import Node
-from harness.servers import (AnyOf, HttpOk, PostNot503, Server, app_startup_ready, log_line,
-                             offline_env, start_all)
+from harness.servers import (AnyOf, HttpOk, OwnsPort, PostNot503, Server, app_startup_ready,
+                             log_line, offline_env, start_all)
 
 log = logging.getLogger(__name__)
 NAME = "test_vllm_1p1d_erdma"
@@ -65,9 +65,11 @@ def proxy_server(ctx: CaseContext, model: str, version: Version) -> Server:
         script = connector_proxy_path(ctx, node)
         # The line may never reach proxy.log (the older copy logs it through a logger with no
         # handler); both copies answer 503 on the chat route until their prefillers are known.
+        # An answer counts only from the proxy itself, not from a leftover on its port.
         ready = [AnyOf((log_line(CONNECTOR_PROXY_READY, s.timeout_proxy_s),
                         PostNot503(f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}",
-                                   s.timeout_proxy_s)), s.timeout_proxy_s)]
+                                   s.timeout_proxy_s)), s.timeout_proxy_s),
+                 OwnsPort(PROXY_PORT, s.timeout_proxy_s)]
     else:
         script = str(node.layout.root / OWN_PROXY)
         ready = [log_line("Application startup complete.", s.timeout_proxy_s),

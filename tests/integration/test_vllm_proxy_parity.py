@@ -4,10 +4,12 @@ real project proxy) and a person's checks are read from the run's logs.
 """
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -73,3 +75,29 @@ def test_a_connector_proxy_that_never_prints_its_ready_line_is_ready_by_its_answ
     assert CONNECTOR_READY not in log, log
     # both models ran well inside one proxy wait: nobody waited the wait out
     assert took < 2 * PROXY_WAIT_S, took
+
+
+class _Stranger(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.send_response(400)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_answer_from_a_stranger_on_the_proxy_port_is_not_the_proxy_ready(project):
+    """Something else on port 8000 answering the probe with 400 must not pass for the proxy."""
+    stranger = http.server.ThreadingHTTPServer(("127.0.0.1", 8000), _Stranger)
+    threading.Thread(target=stranger.serve_forever, daemon=True).start()
+    try:
+        done, _ = run_vllm_group(project, HARNESS_SIM_VLLM_VERSION="0.17.0",
+                                 HARNESS_SIM_PROXY_SILENT="1", TIMEOUT_PROXY_S="5")
+    finally:
+        stranger.shutdown()
+        stranger.server_close()
+    assert done.returncode != 0
+    assert status(project) == "Fail"
+    summary = json.loads((project / f"run/logs/{CASE}/case_summary.json").read_text())
+    assert "start proxy" in summary["step"], summary
