@@ -44,7 +44,8 @@ def run(ctx: CaseContext) -> None:
            "HARNESS_PAYLOAD_LOG_DIR": str(node.layout.case_logs(NAME)),
            "TIMEOUT_STOP_S": str(ctx.settings.timeout_stop_s)}
     with ctx.step("run payload"):
-        ctx.run_payload(["python3", "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider", PAYLOAD],
+        ctx.run_payload(["python3", "-m", "pytest", "-v", "-s", "--tb=long", "-p",
+                         "no:cacheprovider", PAYLOAD],
                         env=env, cwd=node.layout.payloads / "hicache", pythonpath=pythonpath)
 
 

@@ -42,10 +42,12 @@ class LocalHost:
         """Run argv to completion; stdout and stderr together. Raises CommandFailed on non-zero."""
         full_env = child_environ(env)   # never the GitHub token, whatever runs
         try:
+            # A session of its own: Ctrl-C/SIGTERM to the harness's process group must not kill
+            # the commands its cleanup runs (the stops of its servers) half-way.
             proc = subprocess.run(list(argv), env=full_env, cwd=str(cwd) if cwd else None,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL, timeout=timeout, text=True,
-                                  errors="replace")
+                                  errors="replace", start_new_session=True)
         except subprocess.TimeoutExpired as exc:
             out = exc.output or ""
             if isinstance(out, bytes):

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,41 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 10.0, step_s: floa
 def clean_env(*drop: str) -> dict[str, str]:
     """This process's environment less PYTHONPATH and the variables starting with `drop`."""
     return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "PYTHONPATH"}
+
+
+def demo_env(remote_root: Path, **extra: str) -> dict[str, str]:
+    """The demo's settings for a run in a project copy whose second node lives at `remote_root`;
+    this environment's own harness variables left out, this interpreter first on PATH (the
+    payloads and engines run with `python3`)."""
+    from harness.cli import DEMO_SETTINGS
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
+    env.update(DEMO_SETTINGS)
+    env.update({"REMOTE_TEST_DIR": str(remote_root), "HARNESS_SIM_FAULTS": "",
+                "TIMEOUT_STOP_S": "5", **extra})
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    return env
+
+
+def run_processes(*roots: object) -> dict[int, str]:
+    """PID -> command line of every process here that belongs to a run from `roots`: marked
+    `HARNESS_OWNER=<root>`, naming a root on its command line or working in one, or an
+    sglang-router (whose process title, `sglang::router`, overwrites its environment)."""
+    owners = {f"HARNESS_OWNER={root}".encode() for root in roots}
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
+            continue
+        try:
+            environ = set(Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            continue
+        if (environ & owners or "sglang_router" in cmdline or "sglang::router" in cmdline
+                or any(str(root) in cmdline or cwd.startswith(str(root)) for root in roots)):
+            found[int(pid)] = cmdline[:200]
+    return found
 
 
 class LoggedProcess:

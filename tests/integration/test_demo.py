@@ -1,13 +1,12 @@
 """The demo: the whole SGLANG group on two local nodes, simulated engines, the real router."""
 import json
-import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from harness.cli import DEMO_SETTINGS
+from tests.simproc import demo_env, run_processes
 
 pytestmark = pytest.mark.integration
 SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_different_tp",
@@ -15,13 +14,7 @@ SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_di
 
 
 def run_group(project, tmp_path, group="SGLANG", **extra):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
-    env.update(DEMO_SETTINGS)
-    env.update({"REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
-                "HARNESS_SIM_FAULTS": "", "TIMEOUT_STOP_S": "5"})
-    env.update(extra)
-    # python3 on PATH must be this interpreter: the payloads and engines run with it
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    env = demo_env(tmp_path / "remote-host" / "project", **extra)
     return subprocess.run([sys.executable, "-m", "harness", "group", group], cwd=project,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=600)
@@ -33,18 +26,6 @@ def statuses(project):
         data = json.loads((project / f"run/logs/{case}/test_results.json").read_text())
         out[case] = data["status"]
     return out
-
-
-def processes_mentioning(*paths) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            text = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if any(str(p) in text for p in paths) or "sglang_router" in text:
-            found.append(text)
-    return found
 
 
 def test_demo_group_passes_with_remote_logs_collected(project, tmp_path):
@@ -86,7 +67,7 @@ def test_decode_crash_fails_only_the_double_cases(project, tmp_path):
         summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
         assert summary["host"] == "remote" and summary["server"] == "decode"
         assert "decode exited with status 1" in summary["reason"]
-    assert not processes_mentioning(project, tmp_path / "remote-host")
+    assert not run_processes(project, tmp_path / "remote-host")
 
 
 @pytest.mark.docker

@@ -15,12 +15,12 @@ import sys
 import pytest
 
 from harness import simknobs
-from harness.cli import DEMO_SETTINGS
 from harness.hosts import LocalHost
 from harness.nodes import HostNode
 from harness.reset import ResetFailed, gpu_source_for, reset_node
 from harness.settings import Settings
 from tests.conftest import copy_project
+from tests.simproc import demo_env
 
 pytestmark = pytest.mark.integration
 
@@ -64,12 +64,8 @@ def project(tmp_path_factory):
 
 
 def run(project, what: str, faults: str, vllm_version: str = CONNECTOR_PROXY):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
-    env.update(DEMO_SETTINGS)
-    env.update(SHORT)
-    env.update({"REMOTE_TEST_DIR": str(project.parent / "remote-host" / "project"),
-                "HARNESS_SIM_FAULTS": faults, "HARNESS_SIM_VLLM_VERSION": vllm_version,
-                "PATH": os.path.dirname(sys.executable) + os.pathsep + env["PATH"]})
+    env = demo_env(project.parent / "remote-host" / "project", **SHORT,
+                   HARNESS_SIM_FAULTS=faults, HARNESS_SIM_VLLM_VERSION=vllm_version)
     argv = ["group", what] if what == VLLM else ["single", what]
     return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=project, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=240)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import DEMO_SETTINGS
 from harness.hosts import LocalHost
 from harness.nodes import HostNode
+from tests.simproc import demo_env, run_processes
 
 pytestmark = pytest.mark.integration
 SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_different_tp",
@@ -61,11 +61,7 @@ class Demo:
     def __init__(self, project: Path, tmp_path: Path, *, via_nox: bool = False, **extra: str):
         self.project = project
         self.remote = tmp_path / "remote-host" / "project"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
-        env.update(DEMO_SETTINGS)
-        env.update({"REMOTE_TEST_DIR": str(self.remote), "HARNESS_SIM_FAULTS": "",
-                    "HARNESS_SIM_STARTUP_S": "2", "TIMEOUT_STOP_S": "5", **extra})
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+        env = demo_env(self.remote, HARNESS_SIM_STARTUP_S="2", **extra)
         if via_nox:  # what tone-cli signals: nox, which must pass it on and wait
             argv = [sys.executable, "-m", "nox", "--no-venv", "-s", "sglang"]
         else:
@@ -100,24 +96,6 @@ class Demo:
         self.proc.wait(30)
         for root in (self.project, self.remote):
             HostNode(LocalHost("local"), root).stop_all(None, 5)
-
-
-def left_running(*roots: Path) -> list[str]:
-    """Processes of the run: their command line or their HARNESS_OWNER marker names one of the
-    roots, or they are the router."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
-            environ = open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
-        except OSError:
-            continue
-        if int(pid) == os.getpid():
-            continue
-        marked = any(f"HARNESS_OWNER={root}" in environ for root in roots)
-        if marked or "sglang_router" in cmdline or any(str(r) in cmdline for r in roots):
-            found.append(f"{pid}: {cmdline[:200]}")
-    return found
 
 
 def test_sigkill_leaves_fail_for_every_unfinished_case_never_an_older_pass(project, tmp_path):
@@ -165,7 +143,7 @@ def test_sigterm_at_each_point_of_a_run(project, tmp_path, point, line, delay, v
         code = demo.wait_exit(60)
         took = time.monotonic() - signalled
     finally:
-        leftovers = left_running(project, demo.remote)
+        leftovers = [f"{pid}: {cmd}" for pid, cmd in run_processes(project, demo.remote).items()]
         demo.stop_everything()
     console = demo.text()
     assert code != 0, console[-3000:]

@@ -17,9 +17,9 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from harness import procs
-from harness.cli import DEMO_SETTINGS
+
 from harness.nodes import HostNode
-from tests.simproc import wait_for
+from tests.simproc import demo_env, wait_for
 
 pytestmark = pytest.mark.integration
 HICACHE = "test_hicache_storage_mooncake_backend"
@@ -47,16 +47,6 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2][:1] not in ("Z", "X")
     except OSError:
         return False
-
-
-def demo_env(project: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
-    env.update(DEMO_SETTINGS)
-    env.update({"REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
-                "HARNESS_SIM_FAULTS": "", "TIMEOUT_STOP_S": "5"})
-    env.update(extra)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
-    return env
 
 
 def harness(project: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -89,7 +79,7 @@ def leftovers_killed():
 
 def test_sigterm_during_the_hicache_payload_leaves_nothing(project, tmp_path, bystander,
                                                            leftovers_killed):
-    env = demo_env(project, tmp_path, HARNESS_SIM_STARTUP_S="3")
+    env = demo_env(tmp_path / "remote-host" / "project", HARNESS_SIM_STARTUP_S="3")
     owners = [project, env["REMOTE_TEST_DIR"]]
     leftovers_killed.extend(owners)
     run = harness(project, env, "demo")
@@ -130,7 +120,8 @@ def start_pd_and_kill_the_harness(project: Path, env: dict[str, str]) -> dict[in
 
 def test_sigkilled_run_leftovers_are_stopped_by_the_next_run_and_by_clean(
         project, tmp_path, bystander, leftovers_killed):
-    env = demo_env(project, tmp_path, HARNESS_SIM_STARTUP_S="60", TIMEOUT_SERVER_READY_S="120")
+    env = demo_env(tmp_path / "remote-host" / "project", HARNESS_SIM_STARTUP_S="60",
+                   TIMEOUT_SERVER_READY_S="120")
     leftovers_killed.extend([project, env["REMOTE_TEST_DIR"]])
     # Another checkout's process, marked as its own: never ours to stop.
     other_checkout = subprocess.Popen(
