@@ -196,3 +196,14 @@ def test_faults_without_the_simulator_are_refused():
     with pytest.raises(SettingsError, match="HARNESS_SIM is not true"):
         Settings.from_env({"HARNESS_SIM_FAULTS": "decode:crash"})
     assert Settings.from_env({"HARNESS_SIM_FAULTS": "decode:crash", "HARNESS_SIM": "true"})
+
+
+def test_readme_lists_every_setting():
+    """The README's settings table is what people read: a setting added without a row there
+    (or a row left for a setting that is gone) fails here."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Z_]+)", readme, re.M))
+    assert rows == {f.metadata["env"] for f in fields(Settings)}
