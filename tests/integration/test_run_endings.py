@@ -146,6 +146,7 @@ def test_sigterm_at_each_point_of_a_run(project, tmp_path, point, line, delay, v
         leftovers = [f"{pid}: {cmd}" for pid, cmd in run_processes(project, demo.remote).items()]
         demo.stop_everything()
     console = demo.text()
+    print(f"SIGTERM at {point}: exit {code} after {took:.2f}s")  # the figure, with pytest -s
     assert code != 0, console[-3000:]
     assert took <= EXIT_BOUND_S, f"{point}: exit took {took:.1f}s"
     assert leftovers == [], f"{point}: left running:\n" + "\n".join(leftovers)
