@@ -22,7 +22,7 @@ from harness.gpu import format_used, sim_gpu_env, wait_for_drain
 from harness.nodes import Node
 from harness.reset import gpu_source_for
 from harness.results import CaseResult
-from harness.servers import Rule, Server
+from harness.servers import LogFollower, Rule, Server
 from harness.settings import Settings
 from harness.waiting import Cancel, fan_out, wait_until
 
@@ -304,17 +304,15 @@ class _ConsoleEcho:
     did (T-One's job log is the console): what the log gained since the last look, by lines."""
 
     def __init__(self, node: Node, log_path: PurePosixPath) -> None:
-        self.node, self.path = node, node.on_host(log_path)
-        self.offset, self.partial = 0, ""
+        self.log = LogFollower(node, log_path)
 
     def more(self) -> None:
-        text, self.offset = self.node.host.read_from(self.path, self.offset)
-        lines, _, self.partial = (self.partial + text).rpartition("\n")
+        lines = self.log.new_lines()
         if lines:
             print(lines, flush=True)
 
     def rest(self) -> None:
         self.more()
-        if self.partial:
-            print(self.partial, flush=True)
-            self.partial = ""
+        if self.log.partial:
+            print(self.log.partial, flush=True)
+            self.log.partial = ""

@@ -159,6 +159,21 @@ def log_line(text: str, timeout_s: float, count: int = 1) -> LogLines:
 
 
 @dataclass
+class LogFollower:
+    """A log read as it grows: `new_lines()` gives the complete lines appended since the last
+    call (only those bytes are read); `partial` is the line still being written."""
+    node: Node
+    path: PurePosixPath                     # node view
+    offset: int = 0
+    partial: str = ""
+
+    def new_lines(self) -> str:
+        more, self.offset = self.node.host.read_from(self.node.on_host(self.path), self.offset)
+        done, _, self.partial = (self.partial + more).rpartition("\n")
+        return done
+
+
+@dataclass
 class Server:
     """One background server of a case on a node."""
     name: str
@@ -172,8 +187,7 @@ class Server:
     cwd: object = None
     cancel: Cancel = field(default_factory=Cancel)
     proc: Spawned | None = None
-    _log_offset: int = 0
-    _log_partial: str = ""                  # the last line, until its newline arrives
+    _follower: LogFollower | None = None
     _log_counts: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -183,7 +197,7 @@ class Server:
     def start(self) -> "Server":
         log.info("%s: starting %s (log %s)", self.node.name, self.name, self.log.name)
         self.node.host.remove(self.node.on_host(self.log))
-        self._log_offset, self._log_partial, self._log_counts = 0, "", {}
+        self._follower, self._log_counts = LogFollower(self.node, self.log), {}
         self.proc = self.node.spawn(self.name, self.argv, case=self.case, log=self.log,
                                     env=self.env, cwd=self.cwd, pythonpath=self.pythonpath)
         return self
@@ -221,15 +235,15 @@ class Server:
         """How often each pattern matched the log so far. Only what was appended since the last
         call is read and scanned (a line is counted once its newline has arrived); the line
         still being written is looked at too, without being counted twice."""
-        more, self._log_offset = self.node.host.read_from(self.node.on_host(self.log),
-                                                          self._log_offset)
-        done, _, self._log_partial = (self._log_partial + more).rpartition("\n")
+        if self._follower is None:
+            self._follower = LogFollower(self.node, self.log)
+        done = self._follower.new_lines()
         counts = {}
         for pattern in patterns:
             self._log_counts[pattern] = (self._log_counts.get(pattern, 0)
                                          + len(re.findall(pattern, done)))
             counts[pattern] = (self._log_counts[pattern]
-                               + len(re.findall(pattern, self._log_partial)))
+                               + len(re.findall(pattern, self._follower.partial)))
         return counts
 
     # --- waiting ------------------------------------------------------------------------------
