@@ -116,21 +116,22 @@ wait_gone() {  # wait_gone STEPS PID...: poll every 50 ms until none of them run
   done
   return 1
 }
+report() {  # report VERB PID...: one line per process, "VERB pid command"
+  local verb=$1 q cmd; shift
+  for q in "$@"; do
+    cmd=$(tr '\0' ' ' < "/proc/$q/cmdline" 2>/dev/null)
+    printf '%s %s %s\n' "$verb" "$q" "${cmd:0:200}"
+  done
+}
 pids=$(marked)
 [ -n "$pids" ] || exit 0
-for q in $pids; do
-  cmd=$(tr '\0' ' ' < "/proc/$q/cmdline" 2>/dev/null)
-  printf 'stopping %s %s\n' "$q" "${cmd:0:200}"
-done
+report stopping $pids
 kill -TERM $pids 2>/dev/null
 wait_gone "$steps" $pids
 for round in 1 2 3; do  # stragglers, and anything they started meanwhile
   left=$(marked)
   [ -n "$left" ] || exit 0
-  for q in $left; do
-    cmd=$(tr '\0' ' ' < "/proc/$q/cmdline" 2>/dev/null)
-    printf 'killed %s %s\n' "$q" "${cmd:0:200}"
-  done
+  report killed $left
   kill -KILL $left 2>/dev/null
   wait_gone "$kill_steps" $left
 done
