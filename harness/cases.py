@@ -197,7 +197,7 @@ class CaseContext:
         below --gpu-memory-utilization): wait for it, read as the host reset reads it."""
         def drain(node: Node, cancel: Cancel) -> None:
             seen = wait_for_drain(gpu_source_for(node, self.settings), cancel=cancel,
-                                  timeout_s=self.settings.timeout_gpu_drain_s)
+                                  timeout_s=self.settings.timeout_gpu_drain_s, host=node.name)
             if not seen.drained:
                 used = format_used(seen.last.used_mb) if seen.last else "no reading"
                 raise HarnessError(f"GPU memory still used {seen.waited_s:.1f}s after the "
@@ -287,7 +287,8 @@ class CaseContext:
             return False, "still running"
 
         done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
-                                awaited="the payload", cancel=self.cancel)
+                                awaited=f"the payload on {node.name}", cancel=self.cancel,
+                                detail=server.last_log_line)
         if not done:
             raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
                              host=node.name, log_tail=server.log_tail())

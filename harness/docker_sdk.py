@@ -20,6 +20,7 @@ from harness.container_spec import (LABEL_ROLE, LABEL_RUN_ID, ROLE_CI_CONTAINER,
                                     engine_message)
 from harness.errors import DockerError
 from harness.hosts import Completed
+from harness.waiting import note_progress
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,11 @@ class SdkEngine(ContainerEngine):
 
     def pull(self, image: str) -> None:
         answer = ""
+        layers = PullProgress()
         try:
             for message in self.client.api.pull(image, stream=True, decode=True):
+                layers.feed(message)
+                note_progress(layers.describe())
                 if isinstance(message, dict) and (message.get("error")
                                                   or message.get("errorDetail")):
                     detail = message.get("errorDetail") or {}
@@ -193,3 +197,36 @@ class SdkEngine(ContainerEngine):
         self._exec_client = None
         if self._owns_client:
             self._client = None
+
+
+class PullProgress:
+    """Layers and bytes of an image pull, from the engine's progress messages (a progress line's
+    detail: a 30 GB pull takes minutes)."""
+
+    DONE = ("Download complete", "Pull complete", "Already exists")
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int, bool]] = {}   # id -> (bytes done, total, done)
+
+    def feed(self, message: object) -> None:
+        if not isinstance(message, dict) or not message.get("id"):
+            return
+        status = str(message.get("status", ""))
+        if status.startswith("Pulling from"):  # the image's line, not a layer's
+            return
+        done_bytes, total, done = self.layers.get(message["id"], (0, 0, False))
+        detail = message.get("progressDetail") or {}
+        if status == "Downloading" and detail.get("total"):
+            done_bytes, total = int(detail.get("current", 0)), int(detail["total"])
+        if status in self.DONE:
+            done, done_bytes = True, total
+        self.layers[message["id"]] = (done_bytes, total, done)
+
+    def describe(self) -> str:
+        if not self.layers:
+            return "no layer yet"
+        finished = sum(done for _, _, done in self.layers.values())
+        got = sum(b for b, _, _ in self.layers.values())
+        total = sum(t for _, t, _ in self.layers.values())
+        return (f"{finished}/{len(self.layers)} layers done, "
+                f"{got / 1e9:.2f} of {total / 1e9:.2f} GB downloaded")

@@ -22,7 +22,7 @@ from harness.gpu import SimGpu, sim_gpu_dir
 from harness.nodes import HostNode, Node
 from harness.reset import gpu_source_for, reset_node
 from harness.settings import RemoteVia, Runtime, Settings, shrc_text
-from harness.waiting import Cancel, fan_out
+from harness.waiting import Cancel, fan_out, reporting
 from harness.wheel import fetch_wheel, find_wheel
 
 log = logging.getLogger(__name__)
@@ -85,21 +85,25 @@ def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
 # --- preparation ------------------------------------------------------------------------------
 class _Steps:
     """Runs one host's prep steps: logs, times, and tags errors with the step and host; a
-    cancel (Ctrl-C, or the other host's prep failed) stops it before the next step."""
+    cancel (Ctrl-C, or the other host's prep failed) stops it before the next step. A step
+    that takes long prints progress lines; the steps a run skips are told on one line."""
 
     def __init__(self, env: Environment, node: Node, cancel: Cancel) -> None:
         self.env = env
         self.node = node
         self.cancel = cancel
+        self._skipped: list[tuple[str, str]] = []
 
     def __call__(self, name: str, action: Callable[[], object]):
+        self.tell_skipped()
         if self.cancel.is_set():
             raise Interrupted(f"{self.cancel.reason} before this step", step=name,
                               host=self.node.name)
         log.info("prep %s: %s ...", self.node.name, name)
         start = time.monotonic()
         try:
-            value = action()
+            with reporting(f"{name} on {self.node.name}"):
+                value = action()
         except HarnessError as exc:
             exc.at(step=name, host=self.node.name)
             raise
@@ -109,10 +113,20 @@ class _Steps:
         return value
 
     def skip(self, name: str, why: str, value=None):
-        log.info("prep %s: %s skipped (%s)", self.node.name, name, why)
+        self._skipped.append((name, why))
         self.env.prep_s[f"{self.node.name}:{name}"] = 0.0
         return value
 
+    def tell_skipped(self) -> None:
+        """One line for the skipped steps so far: `a, b skipped (why); c skipped (why)`."""
+        if not self._skipped:
+            return
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self._skipped:
+            by_reason.setdefault(why, []).append(name)
+        self._skipped = []
+        log.info("prep %s: %s", self.node.name, "; ".join(
+            f"{', '.join(names)} skipped ({why})" for why, names in by_reason.items()))
 
 class _Wheel:
     """The local wheel, handed to the remote host's pip step when it is ready."""
@@ -132,12 +146,21 @@ def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool 
 
     With local_node=False (`invoke prepare-remote`) this host only provides the wheel."""
     wheel = _Wheel()
-    jobs = [lambda cancel: _prepare_local(env, env.local, stack, group, wheel, local_node,
-                                          _Steps(env, env.local, cancel))]
-    if env.remote is not None:
-        jobs.append(lambda cancel: _prepare_remote(env, env.remote, stack, group, wheel,
-                                                   _Steps(env, env.remote, cancel)))
-    fan_out(jobs, env.cancel, "prep")
+    def local(cancel: Cancel) -> None:
+        steps = _Steps(env, env.local, cancel)
+        try:
+            _prepare_local(env, env.local, stack, group, wheel, local_node, steps)
+        finally:
+            steps.tell_skipped()
+
+    def remote(cancel: Cancel) -> None:
+        steps = _Steps(env, env.remote, cancel)
+        try:
+            _prepare_remote(env, env.remote, stack, group, wheel, steps)
+        finally:
+            steps.tell_skipped()
+
+    fan_out([local, remote] if env.remote is not None else [local], env.cancel, "prep")
 
 
 def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,

@@ -353,7 +353,7 @@ def format_used(used: Sequence[int], limit_mb: int = LIMIT_MB) -> str:
 def wait_for_drain(source: GpuMemory, *, timeout_s: float, limit_mb: int = LIMIT_MB,
                    poll_s: float = POLL_S, clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], object] | None = None,
-                   cancel: "Cancel | threading.Event | None" = None) -> Drain:
+                   cancel: "Cancel | threading.Event | None" = None, host: str = "") -> Drain:
     """Poll `source` until every GPU uses at most `limit_mb`, for at most `timeout_s`.
 
     Reads at least once, and once more at the deadline. A GpuReadError is raised as it comes:
@@ -370,8 +370,8 @@ def wait_for_drain(source: GpuMemory, *, timeout_s: float, limit_mb: int = LIMIT
 
     start = clock()
     drain.drained, _, drain.waited_s = wait_until(
-        drained, timeout_s=timeout_s, awaited="GPU memory to drain", cancel=cancel,
-        poll_s=poll_s, clock=clock, sleep=sleep)
+        drained, timeout_s=timeout_s, awaited=f"GPU memory to drain on {host or 'this host'}",
+        cancel=cancel, poll_s=poll_s, clock=clock, sleep=sleep)
     return drain
 
 

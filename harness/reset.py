@@ -229,12 +229,12 @@ def reset_node(node: Node, settings: Settings, gpu: GpuMemory, *,
             raise
         finally:
             report.phases_s[phase] = round(clock() - start, 3)
-            log.info("%s: reset %s: %.1fs", node.name, phase, report.phases_s[phase])
+            log.debug("%s: reset %s: %.1fs", node.name, phase, report.phases_s[phase])
 
     def drain(phase: str, timeout_s: float) -> Drain:
         return timed(phase, lambda: gpu_mod.wait_for_drain(
             gpu, timeout_s=timeout_s, limit_mb=limit_mb, poll_s=poll_s, clock=clock,
-            sleep=sleep, cancel=cancel))
+            sleep=sleep, cancel=cancel, host=node.name))
 
     if container:
         timed("restart", lambda: node.reset(settings.timeout_stop_s))
@@ -244,13 +244,13 @@ def reset_node(node: Node, settings: Settings, gpu: GpuMemory, *,
         report.action = (f"stopped {', '.join(stopped)}" if stopped
                          else "no process group of this run was left")
     report.first = drain("drain", settings.timeout_gpu_drain_s)
-    log.info("%s: reset: %s; GPU memory %s", node.name, report.action, report.first.describe())
+    log.debug("%s: reset: %s; GPU memory %s", node.name, report.action, report.first.describe())
     if report.first.drained:
         return report
 
     timed("kill", lambda: _kill_owned(node, gpu, groups, report))
     report.second = drain("drain-after-kill", settings.timeout_gpu_drain_after_kill_s)
-    log.info("%s: reset: GPU memory %s", node.name, report.second.describe())
+    log.debug("%s: reset: GPU memory %s", node.name, report.second.describe())
     if not report.second.drained:
         raise ResetFailed(_not_drained_message(report), report, hint=(
             "memory is held by something this reset may not kill (a process outside this "

@@ -25,7 +25,7 @@ from harness.nodes import HostNode, Node
 from harness.results import (CaseResult, Status, summary_table, write_case_result,
                              write_run_summary, write_unfinished)
 from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
-from harness.waiting import Cancel
+from harness.waiting import Cancel, set_progress_every
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
     run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT))
     started = time.monotonic()
+    set_progress_every(settings.progress_every_s)
     previous = _install_signal_handlers(run.env.cancel)
     try:
         for case in run.cases:  # before anything else: a verdict exists from the first second

@@ -205,6 +205,11 @@ class Server:
     def log_tail(self, lines: int = 30) -> str:
         return tail(self.node.host.read_tail(self.node.on_host(self.log)), lines)
 
+    def last_log_line(self) -> str:
+        """What the server said last (a progress line's detail while it starts)."""
+        lines = self.log_tail(1).strip()
+        return f"log: {lines}" if lines else f"{self.log.name} is empty"
+
     def wait_ready(self, cancel: Cancel | None = None) -> None:
         """Meet each rule in order; raise NotReady or ServerExited with the log tail. Ready
         also means the process the harness started is still there once the rules are met."""
@@ -268,9 +273,9 @@ class Server:
             return False, why
 
         with session:
-            met, why, waited = wait_until(check, timeout_s=rule.timeout_s,
-                                          awaited=f"{self.name}: {rule.describe()}",
-                                          cancel=cancel)
+            met, why, waited = wait_until(
+                check, timeout_s=rule.timeout_s, cancel=cancel, detail=self.last_log_line,
+                awaited=f"{self.name} on {self.node.name} ({rule.describe()})")
         if not met:
             raise NotReady(rule.describe(), waited, why, log_tail=self.log_tail(),
                            hint=f"see {self.log}", **self.where)

@@ -151,6 +151,8 @@ class Settings:
                                                "second drain wait, after the kill")
     timeout_case_s: float = _s("TIMEOUT_CASE_S", 7200.0,
                                "most a single-host case's payload may run")
+    progress_every_s: float = _s("PROGRESS_EVERY_S", 30.0,
+                                 "a 'still waiting' line this often while anything waits (> 0)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -203,6 +205,7 @@ class Settings:
             if f.metadata["env"].startswith("TIMEOUT_"):
                 _require_seconds(f.metadata["env"], getattr(self, f.name), minimum_ok=False)
         _require_seconds("HARNESS_SIM_STARTUP_S", self.sim_startup_s, minimum_ok=True)
+        _require_seconds("PROGRESS_EVERY_S", self.progress_every_s, minimum_ok=False)
         if not 1 <= self.remote_ssh_port <= 65535:
             raise SettingsError(f"bad value for REMOTE_SSH_PORT: {self.remote_ssh_port} "
                                 "(accepted: a TCP port, 1-65535)")

@@ -22,7 +22,8 @@ STEP_PIP_INSTALL = "pip-install"
 
 
 def starting(step: str, host: str, what: str) -> None:
-    log.info("[%s] %s: %s", host, step, what)
+    """What a step is doing, for the record (the console has the step's own start line)."""
+    log.debug("[%s] %s: %s", host, step, what)
 
 
 def skipped(step: str, host: str, why: str) -> None:

@@ -1,7 +1,9 @@
 """Waiting and fanning out: the run's cancel token, the one wait loop, parallel jobs.
 
 Every wait of the harness (server readiness, a payload, GPU drain) is `wait_until`: a deadline,
-a poll interval, the run's `Cancel` token and a description of what is awaited. Work on both
+a poll interval, the run's `Cancel` token and a description of what is awaited. A wait that lasts
+prints a `Progress` line every PROGRESS_EVERY_S (what, elapsed / timeout, the last log line), as
+does a blocking call run inside `reporting` (a prep step, an image pull). Work on both
 hosts at once (prep, resets, server start and stop) is `fan_out`: the first failure cancels the
 siblings at their next step or poll, and every job's error is reported, not only the first.
 """
@@ -10,7 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
 
 from harness.errors import HarnessError, Interrupted
 
@@ -67,20 +70,25 @@ class Cancel:
 def wait_until(check: Callable[[], tuple[bool, str]], *, timeout_s: float, awaited: str,
                cancel: Cancel | threading.Event | None = None, poll_s: float = POLL_S,
                clock: Callable[[], float] = time.monotonic,
-               sleep: Callable[[float], object] | None = None) -> tuple[bool, str, float]:
+               sleep: Callable[[float], object] | None = None,
+               detail: Callable[[], str] | None = None) -> tuple[bool, str, float]:
     """Poll `check` until it says met, for at most `timeout_s`.
 
     `check()` returns (met, why not yet) and may raise to stop the wait (a server that exited).
     It runs at least once, and once more at the deadline. Returns (met, last why-not, waited s);
     a cancel raises Interrupted naming what was awaited. Between polls it sleeps on the cancel
-    token, so a cancel is noticed at once.
+    token, so a cancel is noticed at once. While it waits, a progress line every
+    PROGRESS_EVERY_S says what it waits for, how long, and `detail()` (default: the why-not).
     """
     start = clock()
+    progress = Progress(awaited, timeout_s)
     while True:
         met, why = check()
         waited = clock() - start
         if met or waited >= timeout_s:
             return met, why, waited
+        progress.note = why
+        progress.tick(waited, detail)
         if cancel is not None and cancel.is_set():
             reason = getattr(cancel, "reason", "") or "interrupted"
             raise Interrupted(f"{reason} while waiting for {awaited}")
@@ -91,6 +99,76 @@ def wait_until(check: Callable[[], tuple[bool, str]], *, timeout_s: float, await
             cancel.wait(pause)
         else:
             time.sleep(pause)
+
+
+# --- progress: a sign of life while something takes long ----------------------------------------
+PROGRESS_EVERY_S = 30.0   # the run sets it from the PROGRESS_EVERY_S setting (set_progress_every)
+_current = threading.local()
+
+
+def set_progress_every(seconds: float) -> None:
+    global PROGRESS_EVERY_S
+    PROGRESS_EVERY_S = seconds
+
+
+class Progress:
+    """The 'still waiting' lines of one wait: one each PROGRESS_EVERY_S of elapsed time, saying
+    what is awaited, for how long out of how long, and a detail (the last line of a log, the
+    layers pulled), so a start-up of minutes is never minutes of silence."""
+
+    def __init__(self, awaited: str, timeout_s: float | None = None) -> None:
+        self.awaited = awaited
+        self.timeout_s = timeout_s
+        self.every_s = PROGRESS_EVERY_S
+        self.next_at = self.every_s
+        self.note = ""
+
+    def tick(self, elapsed: float, detail: Callable[[], str] | None = None) -> None:
+        if elapsed < self.next_at:
+            return
+        self.next_at = (elapsed // self.every_s + 1) * self.every_s
+        log.info("%s", self.line(elapsed, detail))
+
+    def line(self, elapsed: float, detail: Callable[[], str] | None = None) -> str:
+        limit = f" of {self.timeout_s:.0f}s" if self.timeout_s else ""
+        try:
+            said = detail() if detail is not None else self.note
+        except Exception as exc:  # noqa: BLE001 - a progress line must never fail the wait
+            said = f"(no detail: {exc})"
+        said = " ".join(said.split())[-200:]
+        return f"still waiting for {self.awaited}: {elapsed:.0f}s{limit}" + (
+            f"; {said}" if said else "")
+
+
+@contextmanager
+def reporting(awaited: str, timeout_s: float | None = None) -> Iterator[Progress]:
+    """Progress lines from a timer thread while the block runs a blocking call (a prep step, a
+    pull); `note_progress()` inside the block, in the same thread, sets the detail."""
+    progress = Progress(awaited, timeout_s)
+    done = threading.Event()
+    start = time.monotonic()
+
+    def tick() -> None:
+        while not done.wait(min(1.0, progress.every_s)):
+            progress.tick(time.monotonic() - start)
+
+    outer = getattr(_current, "progress", None)
+    _current.progress = progress
+    timer = threading.Thread(target=tick, daemon=True, name=f"progress: {awaited}")
+    timer.start()
+    try:
+        yield progress
+    finally:
+        done.set()
+        _current.progress = outer
+        timer.join(2.0)
+
+
+def note_progress(text: str) -> None:
+    """The detail of the innermost `reporting` block of this thread (nothing outside one)."""
+    progress = getattr(_current, "progress", None)
+    if progress is not None:
+        progress.note = text
 
 
 class GroupFailed(HarnessError):
