@@ -1,4 +1,4 @@
-"""JUnit, rerun, subsets and merge through the real CLI on the demo cluster (issue 9, items 3, 6, 7).
+"""JUnit, rerun, subsets and merge through the real CLI on the demo cluster (issue 9: 3, 6, 7).
 
 - A run with `decode:crash`: junit.xml (read by junitparser) has the SGLANG suite with the two
   double cases failed, the crash in their failure and system-out, the times of the summary.
