@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return merge_command(args.dirs, args.out, default_out=Path(layout.logs))
     asked: list[str] = []
     earlier: list[dict] | None = None
+    label = ""
     demo = args.command == "demo"
     try:
         if args.command == "single":
@@ -144,11 +145,11 @@ def main(argv: list[str] | None = None) -> int:
             except SettingsError as exc:
                 raise SettingsError(f"nothing to rerun: {exc}") from None
             asked, earlier = failed_cases(summary), summary["cases"]
+            label, demo = str(summary.get("group") or "rerun"), summary.get("group") == DEMO_LABEL
             if not asked:
                 print(f"nothing to rerun: every case in {layout.run_summary} passed")
                 return 0
             cases = in_run_order([case_registry.resolve(name) for name in asked])
-            label, demo = str(summary.get("group") or "rerun"), summary.get("group") == DEMO_LABEL
         elif demo:
             cases = case_registry.group_cases("SGLANG")
             asked, label = [c.name for c in cases], DEMO_LABEL
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         check_run_dir(layout)
     except SettingsError as exc:
         print(redaction.scrub(f"error: {exc}"), file=sys.stderr)
-        _fail_asked(layout, asked, redaction.scrub(str(exc)), earlier)
+        _fail_asked(layout, asked, redaction.scrub(str(exc)), earlier, label)
         return EXIT_BAD_INPUT
     configure_logging(layout, append=earlier is not None)
     if earlier is not None:
@@ -176,7 +177,7 @@ def in_run_order(cases: list[case_registry.Case]) -> list[case_registry.Case]:
 
 
 def _fail_asked(layout: Layout, names: list[str], reason: str,
-                earlier: list[dict] | None = None) -> None:
+                earlier: list[dict] | None = None, label: str = "") -> None:
     """Bad input still leaves a Fail result for each case that was asked for by a usable name,
     and a run summary saying so."""
     groups = {c.name: c.group for c in case_registry.discover().values()}
@@ -191,7 +192,7 @@ def _fail_asked(layout: Layout, names: list[str], reason: str,
         for result in results:
             write_case_result(layout, result)
         if results:
-            write_run_summary(layout, results, group=" ".join(r.case for r in results),
+            write_run_summary(layout, results, group=label or " ".join(r.case for r in results),
                               pr_id=os.environ.get("PR_ID", ""), prep_s={}, duration_s=0.0,
                               earlier=earlier)
     except OSError:  # an unwritable run dir: the one line on stderr says so
