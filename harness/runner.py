@@ -118,7 +118,7 @@ def _run_case(run: Run, case: Case) -> None:
             for node in run.env.nodes:
                 node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
                 node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
-            write_unfinished(run.layout, case.name)  # the emptied dir held it
+            write_unfinished(run.layout, case.name, case.group)  # the emptied dir held it
             # Run last (LIFO), after the case's own servers are stopped: anything still
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
