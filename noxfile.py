@@ -113,12 +113,23 @@ def faults(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def single(session: nox.Session) -> None:
-    """Run one case: nox -s single -- <case>."""
-    if len(session.posargs) != 1:
+    """Run one case, or several in group order: nox -s single -- <case> [<case>...]."""
+    if not session.posargs:
         _install(session)
         session.run("python", "-m", "harness", "list", silent=False)
-        session.error("Usage: nox -s single -- <case>")
-    _harness(session, "single", session.posargs[0])
+        session.error("Usage: nox -s single -- <case> [<case>...]")
+    _harness(session, "single", *session.posargs)
+
+
+@nox.session(default=False)
+def rerun(session: nox.Session) -> None:
+    """Run again exactly the cases that failed in the last run (run/logs/run_summary.json)."""
+    _mark_unfinished("rerun")  # only the cases to be rerun: the passes stay
+    from harness.results import DEMO_LABEL
+    from harness.verdict import last_summary
+    last = last_summary(ROOT) or {}
+    _install(session, *(("demo",) if last.get("group") == DEMO_LABEL else ()))
+    session.run("python", "-m", "harness", "rerun", **HARNESS_STOP)
 
 
 @nox.session(default=False)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator
 from contextlib import contextmanager
 
+from harness.errors import SettingsError
 from harness.layout import Layout
 
 
@@ -30,16 +31,19 @@ def utc_timestamp(when: float | None = None) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def write_json_atomic(path: Path, data: object, *, one_line: bool = False) -> None:
-    """Write JSON so a reader sees the old file or the whole new one, never a part."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so a reader sees the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=None if one_line else 2)
-        fh.write("\n")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, data: object, *, one_line: bool = False) -> None:
+    write_text_atomic(path, json.dumps(data, indent=None if one_line else 2) + "\n")
 
 
 @dataclass
@@ -58,6 +62,7 @@ class CaseResult:
     models: dict[str, str] = field(default_factory=dict)
     cleanup_errors: list[str] = field(default_factory=list)
     log_tail: str = ""
+    group: str = ""   # SGLANG or VLLM: the JUnit testsuite the case belongs to
 
     @property
     def passed(self) -> bool:
@@ -82,6 +87,7 @@ class CaseResult:
 
 
 UNFINISHED = "run did not finish"
+DEMO_LABEL = "SGLANG (demo)"   # the demo's run summary: a rerun of it takes the demo's settings
 
 
 def write_case_result(layout: Layout, result: CaseResult) -> None:
@@ -97,23 +103,64 @@ def write_case_result(layout: Layout, result: CaseResult) -> None:
     write_json_atomic(Path(layout.case_summary(result.case)), result.to_summary())
 
 
-def write_unfinished(layout: Layout, case: str) -> None:
+def write_unfinished(layout: Layout, case: str, group: str = "") -> CaseResult:
     """A case's verdict until it ends: `Fail`, "run did not finish". Written before anything
     else runs, so a run killed at any point (SIGKILL, OOM) never leaves an older run's status."""
-    write_case_result(layout, CaseResult(case, reason=UNFINISHED))
+    result = CaseResult(case, reason=UNFINISHED, group=group)
+    write_case_result(layout, result)
+    return result
 
 
 def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,
-                      prep_s: dict[str, float], duration_s: float) -> None:
+                      prep_s: dict[str, float], duration_s: float, finished: bool = True,
+                      earlier: list[dict] | None = None) -> None:
+    """`run_summary.json` and the JUnit file made from it. Written at the start of a run (every
+    case unfinished, `finished` null), after every case and at the end, so a killed run leaves
+    one that says which cases did not finish. `earlier`: the case entries of the summary a
+    rerun updates; this run's results replace theirs, the others stand."""
+    cases = updated_cases(earlier or [], [r.to_summary() for r in results])
     write_json_atomic(Path(layout.run_summary), {
         "group": group,
         "pr_id": pr_id,
-        "finished": utc_timestamp(),
+        "finished": utc_timestamp() if finished else None,
         "duration_s": round(duration_s, 3),
         "prep_s": prep_s,
-        "passed": all(r.passed for r in results) and bool(results),
-        "cases": [r.to_summary() for r in results],
+        "passed": bool(cases) and all(c["status"] == Status.PASS.value for c in cases),
+        "cases": cases,
+        **({"reran": [r.case for r in results]} if earlier else {}),
     })
+    from harness.junit import write_junit  # here, not above: junit uses this module's writer
+    write_junit(Path(layout.logs))
+
+
+def updated_cases(earlier: list[dict], current: list[dict]) -> list[dict]:
+    """`earlier`'s entries in their order, each replaced by the current one of the same case;
+    current entries of new cases after them."""
+    by_case = {entry["case"]: entry for entry in current}
+    merged = [by_case.pop(entry["case"], entry) for entry in earlier]
+    return merged + [entry for entry in current if entry["case"] in by_case]
+
+
+def failed_cases(summary: dict) -> list[str]:
+    """The cases a run summary does not record as passed (failed, or never finished)."""
+    return [c["case"] for c in summary["cases"] if c.get("status") != Status.PASS.value]
+
+
+def read_run_summary(layout: Layout) -> dict:
+    """The run summary of the tree at `layout`; HarnessError (one line) when it is missing or
+    unreadable."""
+    path = Path(layout.run_summary)
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"no run summary at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"cannot read the run summary {path}: {exc}") from None
+    if not (isinstance(summary, dict) and isinstance(summary.get("cases"), list)
+            and all(isinstance(c, dict) and isinstance(c.get("case"), str)
+                    for c in summary["cases"])):
+        raise SettingsError(f"{path} is not a run summary (no list of cases)")
+    return summary
 
 
 def summary_table(results: list[CaseResult]) -> str:

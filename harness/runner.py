@@ -11,7 +11,7 @@ import time
 import traceback
 import uuid
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 from harness import cases as case_registry
@@ -22,8 +22,8 @@ from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
 from harness.layout import Layout
 from harness.nodes import HostNode, Node
-from harness.results import (CaseResult, Status, summary_table, write_case_result,
-                             write_run_summary, write_unfinished)
+from harness.results import (UNFINISHED, CaseResult, Status, summary_table, updated_cases,
+                             write_case_result, write_run_summary, write_unfinished)
 from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
 from harness.waiting import Cancel, set_progress_every
 
@@ -40,11 +40,13 @@ class Run:
     label: str
     layout: Layout = field(default_factory=lambda: Layout.at(PROJECT_ROOT))
     results: dict[str, CaseResult] = field(default_factory=dict)
+    earlier: list[dict] | None = None   # a rerun: the case entries of the summary it updates
     env: Environment = field(init=False)
     interrupted: bool = False
+    started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.results = {c.name: CaseResult(c.name) for c in self.cases}
+        self.results = {c.name: CaseResult(c.name, group=c.group) for c in self.cases}
         self.env = Environment(self.settings, self.layout, uuid.uuid4().hex[:12])
 
     @property
@@ -53,15 +55,16 @@ class Run:
 
 
 def run_cases(settings: Settings, cases: Sequence[Case], label: str,
-              layout: Layout | None = None) -> int:
-    """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
-    run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT))
-    started = time.monotonic()
+              layout: Layout | None = None, *, earlier: list[dict] | None = None) -> int:
+    """Prepare, run every case in order, clean up; the exit status (0 when all passed).
+    `earlier`: a rerun's summary entries, kept for the cases not run again."""
+    run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT), earlier=earlier)
     set_progress_every(settings.progress_every_s)
     previous = _install_signal_handlers(run.env.cancel)
     try:
         for case in run.cases:  # before anything else: a verdict exists from the first second
-            write_unfinished(run.layout, case.name)
+            write_unfinished(run.layout, case.name, case.group)
+        _write_summary(run, finished=False)
         with ExitStack() as stack:
             try:
                 _check_inputs(run)
@@ -79,7 +82,7 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        _finish(run, time.monotonic() - started)
+        _finish(run)
     if run.interrupted:
         return EXIT_INTERRUPTED
     return 0 if all(r.passed for r in run.results.values()) else 1
@@ -116,7 +119,7 @@ def _run_case(run: Run, case: Case) -> None:
             for node in run.env.nodes:
                 node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
                 node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
-            write_unfinished(run.layout, case.name)  # the emptied dir held it
+            write_unfinished(run.layout, case.name, case.group)  # the emptied dir held it
             # Run last (LIFO), after the case's own servers are stopped: anything still
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
@@ -141,6 +144,7 @@ def _run_case(run: Run, case: Case) -> None:
         if result.reason or result.status is Status.PASS:
             result.ended = time.time()
             write_case_result(run.layout, result)
+            _write_summary(run, finished=False)
             print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
 
@@ -179,18 +183,34 @@ def _interrupted(run: Run) -> None:
     _fail_unfinished(run, Interrupted("interrupted (Ctrl-C or SIGTERM); run stopped"))
 
 
-def _finish(run: Run, duration_s: float) -> None:
+def _write_summary(run: Run, *, finished: bool) -> None:
+    """The run summary (and JUnit file) as of now: a case still to end is "run did not finish",
+    as its test_results.json says."""
+    results = [r if r.ended is not None else replace(r, reason=UNFINISHED)
+               for r in run.results.values()]
+    write_run_summary(run.layout, results, group=run.label,
+                      pr_id=run.settings.pr_id, prep_s=run.env.prep_s,
+                      duration_s=time.monotonic() - run.started, finished=finished,
+                      earlier=run.earlier)
+
+
+def _finish(run: Run) -> None:
+    duration_s = time.monotonic() - run.started
     results = list(run.results.values())
     for result in results:
         if result.ended is None:  # the cases that did not get to end by themselves
             write_case_result(run.layout, result)
             print(f"{result.case}: {result.status.value}", flush=True)
-    write_run_summary(run.layout, results, group=run.label, pr_id=run.settings.pr_id,
-                      prep_s=run.env.prep_s, duration_s=duration_s)
+    _write_summary(run, finished=True)
     print("\n" + summary_table(results), flush=True)
     passed = sum(r.passed for r in results)
     print(f"\n{passed} of {len(results)} cases passed in {duration_s:.1f}s; "
           f"results under {run.layout.logs}", flush=True)
+    if run.earlier is not None:  # a rerun: what the tree it updated says now
+        tree = updated_cases(run.earlier, [r.to_summary() for r in results])
+        print(f"the whole tree ({run.layout.run_summary}): "
+              f"{sum(c['status'] == Status.PASS.value for c in tree)} of {len(tree)} cases "
+              "passed", flush=True)
 
 
 # --- signals ----------------------------------------------------------------------------------

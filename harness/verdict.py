@@ -9,10 +9,12 @@ importing them. `tests/unit/test_verdict.py` checks it agrees with the real regi
 from __future__ import annotations
 
 import ast
+import os
 from pathlib import Path
 
+from harness.errors import SettingsError
 from harness.layout import Layout
-from harness.results import write_unfinished
+from harness.results import failed_cases, read_run_summary, write_run_summary, write_unfinished
 
 GROUPS = ("SGLANG", "VLLM")
 
@@ -54,7 +56,11 @@ def _case_args(call: ast.Call, constants: dict) -> tuple[str, str, int] | None:
 
 
 def asked_cases(root: Path, command: str, args: list[str]) -> list[str]:
-    """The case names a harness command asks for (`single NAME...`, `group G`, `demo`)."""
+    """The case names a harness command asks for (`single NAME...`, `group G`, `demo`,
+    `rerun`: those the last run summary does not record as passed)."""
+    if command == "rerun":
+        summary = last_summary(root)
+        return failed_cases(summary) if summary else []
     declared = declared_cases(root / "cases")
     names = {name for name, _, _ in declared}
     if command == "single":
@@ -66,10 +72,27 @@ def asked_cases(root: Path, command: str, args: list[str]) -> list[str]:
             for name, _, _ in sorted((c for c in declared if c[1] == g), key=lambda c: c[2])]
 
 
+def last_summary(root: Path) -> dict | None:
+    """The run summary of `root`'s tree, None where there is none that can be read (the
+    harness says why in one line when it runs)."""
+    try:
+        return read_run_summary(Layout.at(root))
+    except SettingsError:
+        return None
+
+
 def mark_unfinished(root: Path, command: str, args: list[str]) -> list[str]:
-    """Write `Fail` ("run did not finish") for every case the command asks for."""
+    """Write `Fail` ("run did not finish") for every case the command asks for, and a run
+    summary (with its JUnit file) saying so; a rerun's summary keeps the other cases."""
     layout = Layout.at(root)
     cases = asked_cases(root, command, args)
-    for case in cases:
-        write_unfinished(layout, case)
+    if not cases:
+        return cases
+    groups = {name: group for name, group, _ in declared_cases(root / "cases")}
+    results = [write_unfinished(layout, case, groups.get(case, "")) for case in cases]
+    earlier = last_summary(root) if command == "rerun" else None
+    label = str(earlier.get("group") or "") if earlier else " ".join([command, *args])
+    write_run_summary(layout, results, group=label, pr_id=os.environ.get("PR_ID", ""),
+                      prep_s={}, duration_s=0.0, finished=False,
+                      earlier=earlier["cases"] if earlier else None)
     return cases

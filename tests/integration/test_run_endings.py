@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from junitparser import JUnitXml
 
 from harness.hosts import LocalHost
 from harness.nodes import HostNode
@@ -114,6 +115,15 @@ def test_sigkill_leaves_fail_for_every_unfinished_case_never_an_older_pass(proje
     for case in SGLANG_CASES[1:]:
         assert seen[case][0] == "Fail", seen
         assert reason(project, case) == "run did not finish"
+    # The run summary and junit.xml say the same: written at the start and after every case.
+    summary = json.loads((project / "run/logs/run_summary.json").read_text())
+    assert summary["finished"] is None
+    assert [(c["case"], c["status"]) for c in summary["cases"]] == [
+        (case, status) for case, (status, _) in seen.items()]
+    (suite,) = JUnitXml.fromfile(str(project / "run/logs/junit.xml"))
+    assert (suite.name, suite.tests, suite.failures) == ("SGLANG", 5, 4)
+    unfinished = {case.name: case.result[0].message for case in suite if not case.is_passed}
+    assert unfinished == {case: "run did not finish" for case in SGLANG_CASES[1:]}
 
 
 # (name, console line that marks the point, seconds after it, signal nox instead of the harness)

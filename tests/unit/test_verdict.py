@@ -32,3 +32,27 @@ def test_mark_unfinished_replaces_an_earlier_pass(tmp_path):
     assert data["status"] == "Fail" and data["timestamp"] != "2020-01-01T00:00:00Z"
     summary = json.loads((result.parent / "case_summary.json").read_text())
     assert summary["reason"] == "run did not finish"
+    run_summary = json.loads((tmp_path / "run/logs/run_summary.json").read_text())
+    assert [(c["case"], c["reason"]) for c in run_summary["cases"]] == [
+        ("test_vllm_1p1d_erdma", "run did not finish")]
+    assert run_summary["finished"] is None and (tmp_path / "run/logs/junit.xml").is_file()
+
+
+def test_a_rerun_marks_only_the_cases_that_failed(tmp_path):
+    (tmp_path / "cases").symlink_to(ROOT / "cases")
+    assert mark_unfinished(tmp_path, "rerun", []) == []  # no summary: nothing is marked
+    logs = tmp_path / "run/logs"
+    passed = logs / "test_moe_mooncake/test_results.json"
+    passed.parent.mkdir(parents=True)
+    passed.write_text('{"test_case": "test_moe_mooncake", "status": "Pass", '
+                      '"timestamp": "2020-01-01T00:00:00Z"}\n')
+    (logs / "run_summary.json").write_text(json.dumps({"group": "SGLANG", "cases": [
+        {"case": "test_1p1d_erdma", "status": "Fail", "reason": "boom"},
+        {"case": "test_moe_mooncake", "status": "Pass", "reason": ""}]}))
+    assert asked_cases(tmp_path, "rerun", []) == ["test_1p1d_erdma"]
+    assert mark_unfinished(tmp_path, "rerun", []) == ["test_1p1d_erdma"]
+    assert "2020-01-01T00:00:00Z" in passed.read_text()  # the earlier pass stands
+    summary = json.loads((logs / "run_summary.json").read_text())
+    assert summary["group"] == "SGLANG"
+    assert [(c["case"], c["status"], c["reason"]) for c in summary["cases"]] == [
+        ("test_1p1d_erdma", "Fail", "run did not finish"), ("test_moe_mooncake", "Pass", "")]

@@ -1,0 +1,82 @@
+"""junit.xml from run_summary.json, read back by a real consumer (junitparser), and the run summary
+a rerun updates."""
+import json
+from pathlib import Path
+
+from junitparser import Failure, JUnitXml, Properties, Property
+
+from harness import results
+from harness.junit import write_junit
+from harness.layout import Layout
+from harness.results import CaseResult, Status
+
+
+def summary_with(tmp_path: Path, cases: list[CaseResult], **kw) -> Path:
+    results.write_run_summary(Layout.at(tmp_path), cases, group="SGLANG", pr_id="77",
+                              prep_s={}, duration_s=30.0, **kw)
+    return tmp_path / "run/logs"
+
+
+def suites(logs: Path) -> dict:
+    return {suite.name: suite for suite in JUnitXml.fromfile(str(logs / "junit.xml"))}
+
+
+def test_a_testsuite_per_group_and_a_testcase_per_case_with_its_time(tmp_path):
+    logs = summary_with(tmp_path, [
+        CaseResult("hicache", Status.PASS, duration_s=12.5, group="SGLANG"),
+        CaseResult("pd", reason="decode exited with status 1", step="start servers",
+                   host="remote", server="decode", duration_s=3.25, group="SGLANG",
+                   models={"Org/A": "Pass", "Org/B": "Fail: decode exited"},
+                   log_tail="line one\nFAULT PLAYED decode:crash\x1b[0m\x00"),
+        CaseResult("vllm_pd", duration_s=1.0, reason="run did not finish", group="VLLM"),
+    ])
+    found = suites(logs)
+    assert sorted(found) == ["SGLANG", "VLLM"]
+    sglang, vllm = found["SGLANG"], found["VLLM"]
+    assert (sglang.tests, sglang.failures, vllm.tests, vllm.failures) == (2, 1, 1, 1)
+    cases = {case.name: case for suite in found.values() for case in suite}
+    assert cases["hicache"].is_passed and cases["hicache"].time == 12.5
+    pd = cases["pd"]
+    assert pd.time == 3.25 and not pd.is_passed
+    (failure,) = pd.result
+    assert isinstance(failure, Failure)
+    assert failure.message == "decode exited with status 1"
+    for where in ("step: start servers", "host: remote", "server: decode",
+                  "Org/B: Fail: decode exited"):
+        assert where in failure.text
+    assert "FAULT PLAYED decode:crash" in pd.system_out  # the log tail, less what XML can't hold
+    assert "Org/A: Pass" in pd.system_out
+    props = {p.name: p.value for p in pd.child(Properties).iterchildren(Property)}
+    assert props["model Org/B"] == "Fail: decode exited" and props["host"] == "remote"
+    assert cases["vllm_pd"].result[0].message == "run did not finish"
+
+
+def test_the_summary_of_a_run_in_progress_is_not_finished(tmp_path):
+    logs = summary_with(tmp_path, [CaseResult("a", reason="run did not finish")],
+                        finished=False)
+    summary = json.loads((logs / "run_summary.json").read_text())
+    assert summary["finished"] is None and summary["passed"] is False
+    assert suites(logs)["SGLANG"].failures == 1  # no group on the entry: the run's label
+
+
+def test_a_rerun_replaces_its_cases_and_keeps_the_others_in_place(tmp_path):
+    earlier = [CaseResult(n, Status.PASS if n != "b" else Status.FAIL, group="SGLANG",
+                          reason="" if n != "b" else "boom").to_summary() for n in "abc"]
+    logs = summary_with(tmp_path, [CaseResult("b", Status.PASS, group="SGLANG")],
+                        earlier=earlier)
+    summary = json.loads((logs / "run_summary.json").read_text())
+    assert [(c["case"], c["status"]) for c in summary["cases"]] == [
+        ("a", "Pass"), ("b", "Pass"), ("c", "Pass")]
+    assert summary["passed"] is True and summary["reran"] == ["b"]
+    assert results.failed_cases(summary) == []
+    assert suites(logs)["SGLANG"].tests == 3
+
+
+def test_write_junit_needs_only_the_summary(tmp_path):
+    (tmp_path / "run_summary.json").write_text(json.dumps({
+        "group": "merged", "cases": [{"case": "x", "status": "Fail", "reason": "r\nmore",
+                                      "group": "VLLM", "duration_s": 2}]}))
+    path = write_junit(tmp_path)
+    (suite,) = JUnitXml.fromfile(str(path))
+    (case,) = suite
+    assert (suite.name, case.name, case.time, case.result[0].message) == ("VLLM", "x", 2.0, "r")
