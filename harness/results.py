@@ -104,7 +104,9 @@ def write_unfinished(layout: Layout, case: str) -> None:
 
 
 def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,
-                      prep_s: dict[str, float], duration_s: float) -> None:
+                      prep_s: dict[str, float], duration_s: float,
+                      settings: list[tuple[str, str]] | None = None) -> None:
+    """`settings`: `Settings.env_items()`, the non-secret settings as `.shrc` shows them."""
     write_json_atomic(Path(layout.run_summary), {
         "group": group,
         "pr_id": pr_id,
@@ -113,6 +115,7 @@ def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, 
         "prep_s": prep_s,
         "passed": all(r.passed for r in results) and bool(results),
         "cases": [r.to_summary() for r in results],
+        "settings": dict(settings or ()),
     })
 
 

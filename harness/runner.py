@@ -12,6 +12,7 @@ import traceback
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from harness import cases as case_registry
@@ -22,9 +23,11 @@ from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
 from harness.layout import Layout
 from harness.nodes import HostNode, Node
+from harness.report import write_report
 from harness.results import (CaseResult, Status, summary_table, write_case_result,
                              write_run_summary, write_unfinished)
 from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
+from harness.timeline import Timeline
 from harness.waiting import Cancel
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
               layout: Layout | None = None) -> int:
     """Prepare, run every case in order, clean up; the exit status (0 when all passed)."""
     run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT))
+    # started empty, as harness.log is: the spans of this run only (harness.report reads them)
+    run.env.timeline = Timeline.fresh(Path(run.layout.timeline), run.env.run_id)
     started = time.monotonic()
     previous = _install_signal_handlers(run.env.cancel)
     try:
@@ -120,7 +125,7 @@ def _run_case(run: Run, case: Case) -> None:
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
             ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack,
-                              run.env.cancel)
+                              run.env.cancel, run.env.timeline)
             stack.callback(_collect_logs, run, case.name)
             stack.callback(ctx.stop_leftovers)
             case.run(ctx)
@@ -185,11 +190,25 @@ def _finish(run: Run, duration_s: float) -> None:
             write_case_result(run.layout, result)
             print(f"{result.case}: {result.status.value}", flush=True)
     write_run_summary(run.layout, results, group=run.label, pr_id=run.settings.pr_id,
-                      prep_s=run.env.prep_s, duration_s=duration_s)
+                      prep_s=run.env.prep_s, duration_s=duration_s,
+                      settings=run.settings.env_items())
+    run.env.timeline.close_open()
+    _write_report(run)
     print("\n" + summary_table(results), flush=True)
     passed = sum(r.passed for r in results)
     print(f"\n{passed} of {len(results)} cases passed in {duration_s:.1f}s; "
           f"results under {run.layout.logs}", flush=True)
+
+
+def _write_report(run: Run) -> None:
+    """run/logs/report.html; it is a view of the results, so failing to write it is a warning,
+    never a changed verdict."""
+    try:
+        path = write_report(Path(run.layout.logs))
+    except Exception as exc:  # noqa: BLE001 - any bug in the report must not end the run
+        log.warning("could not write the HTML report: %r", exc)
+        return
+    log.info("report: %s", path)
 
 
 # --- signals ----------------------------------------------------------------------------------
