@@ -18,7 +18,8 @@ from tests.simproc import demo_env
 
 pytestmark = pytest.mark.integration
 CASES = {"test_hicache_storage_mooncake_backend": "Pass",
-         "test_disaggregation_different_tp": "Pass", "test_1p1d_erdma": "Fail", "test_epd_sglang": "Fail", "test_moe_mooncake": "Pass"}
+         "test_disaggregation_different_tp": "Pass",
+         "test_1p1d_erdma": "Fail", "test_epd_sglang": "Fail", "test_moe_mooncake": "Pass"}
 TOKEN = "ghp_reportTestToken0123456789"
 
 
