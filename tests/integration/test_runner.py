@@ -100,3 +100,28 @@ def test_case_log_dir_is_emptied_at_its_start(tmp_path):
     assert run_cases(settings(), [case("e", lambda ctx: None)], "SGLANG", Layout.at(tmp_path)) == 0
     assert not stale.exists()
     assert results(tmp_path) == {"e": "Pass"}
+
+
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_verdict(tmp_path, monkeypatch,
+                                                                     caplog):
+    def broken(logs):
+        raise ValueError("report bug")
+
+    monkeypatch.setattr("harness.runner.write_report", broken)
+    code = run_cases(settings(), [case("a", lambda ctx: None)], "SGLANG", Layout.at(tmp_path))
+    assert code == 0 and results(tmp_path) == {"a": "Pass"}
+    assert "could not write the HTML report: ValueError('report bug')" in caplog.text
+    assert not (tmp_path / "run/logs/report.html").exists()
+
+
+def test_the_run_leaves_its_timeline_and_report(tmp_path):
+    (tmp_path / "run/logs").mkdir(parents=True)
+    (tmp_path / "run/logs/timeline.jsonl").write_text('{"an older run": 1}\n')
+    code = run_cases(settings(), [case("a", lambda ctx: None)], "SGLANG", Layout.at(tmp_path))
+    assert code == 0
+    spans = [json.loads(line) for line in
+             (tmp_path / "run/logs/timeline.jsonl").read_text().splitlines()]
+    assert spans and all(s["kind"] == "prep" and s["host"] == "local" for s in spans)
+    assert "run-dir" in {s["name"] for s in spans}
+    page = (tmp_path / "run/logs/report.html").read_text()
+    assert 'data-case="a" data-status="Pass"' in page
