@@ -53,8 +53,11 @@ class Axis:
         return out
 
 
-def span_end(span: dict) -> float:
-    """Where the bar ends: its end, else (left running) its ready or start."""
+def span_end(span: dict, open_end: float | None = None) -> float:
+    """Where the bar ends: its end; a span with no end (left running) reaches `open_end`, the
+    end of the axis, or else its ready or start."""
+    if not isinstance(span.get("end"), (int, float)) and open_end is not None:
+        return open_end
     for key in ("end", "ready", "start"):
         if isinstance(span.get(key), (int, float)):
             return float(span[key])
@@ -67,7 +70,7 @@ def pack_rows(spans: Sequence[dict], axis: Axis) -> list[list[dict]]:
     row_ends: list[float] = []
     for span in sorted(spans, key=lambda s: (s["start"], -span_end(s))):
         left = axis.x(span["start"])
-        right = max(axis.x(span_end(span)), left + MIN_BAR)
+        right = max(axis.x(span_end(span, axis.t1)), left + MIN_BAR)
         for index, end in enumerate(row_ends):
             if left >= end + 1:
                 rows[index].append(span)
@@ -114,7 +117,7 @@ def bar_svg(span: dict, axis: Axis, y: float, href: str | None) -> str:
         "cancelled" if outcome == "cancelled" else "running" if outcome == "left running"
         else "failed")
     left = axis.x(span["start"])
-    width = max(axis.x(span_end(span)) - left, MIN_BAR)
+    width = max(axis.x(span_end(span, axis.t1)) - left, MIN_BAR)
     parts = [f'<rect class="bar" x="{left:.1f}" y="{y}" width="{width:.1f}" height="{ROW_H}"/>']
     if kind == "server" and isinstance(span.get("ready"), (int, float)):
         ready_x = axis.x(span["ready"])  # the solid part: ready -> stop

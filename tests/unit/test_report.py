@@ -140,3 +140,17 @@ def test_a_tree_without_summary_or_timeline_still_gets_a_page(tmp_path):
         {"case": "c1", "status": "Fail", "reason": "run did not finish"}))
     html = write_report(logs).read_text()
     assert "FAILED: 1 of 1 cases failed" in html and "No timeline was recorded" in html
+
+
+def test_a_server_left_running_reaches_the_end_of_the_axis(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    spans = [span("local", "prep", "run-dir", 100.0, 110.0),
+             span("remote", "server", "decode", 102.0, None, case="c", ready=103.0,
+                  outcome="left running")]
+    (logs / "timeline.jsonl").write_text("".join(json.dumps(s) + "\n" for s in spans))
+    html = write_report(logs).read_text()
+    bar = re.search(r's-running".*?<rect class="bar" x="([\d.]+)" y="\d+" width="([\d.]+)"',
+                    html, re.S)
+    assert bar and float(bar.group(1)) + float(bar.group(2)) == 1200.0
+    assert "no end recorded" in html
