@@ -218,23 +218,27 @@ class Server:
 
     def wait_ready(self, cancel: Cancel | None = None) -> None:
         """Meet each rule in order; raise NotReady or ServerExited with the log tail. Ready
-        also means the process the harness started is still there once the rules are met."""
-        cancel = cancel or self.cancel
-        started = time.monotonic()
+        also means the process the harness started is still there once the rules are met.
+        Its span on the run's timeline is marked ready, or keeps how it failed."""
         try:
-            for rule in self.ready:
-                self._wait(rule, cancel)
-            if self.proc is not None and self.ready:
-                self._check_exited("its readiness rules", started)
-                if not self.node.alive(self.proc.pgid):
-                    raise ServerExited(f"{self.name} is gone right after its readiness rules "
-                                       "were met", log_tail=self.log_tail(), **self.where)
+            self._meet_rules(cancel)
         except BaseException as exc:
             if self.span is not None:
                 self.span.failed(exc)
             raise
         if self.span is not None:
             self.span.mark_ready()
+
+    def _meet_rules(self, cancel: Cancel | None) -> None:
+        cancel = cancel or self.cancel
+        started = time.monotonic()
+        for rule in self.ready:
+            self._wait(rule, cancel)
+        if self.proc is not None and self.ready:
+            self._check_exited("its readiness rules", started)
+            if not self.node.alive(self.proc.pgid):
+                raise ServerExited(f"{self.name} is gone right after its readiness rules were "
+                                   "met", log_tail=self.log_tail(), **self.where)
         log.info("%s: %s ready in %.1fs", self.node.name, self.name, time.monotonic() - started)
 
     def stop(self, timeout_s: float) -> None:
