@@ -139,7 +139,7 @@ def _cases_table(cases: list[dict], spans: list[dict], link: dict[str, str]) -> 
         server_log = _server_log(case, spans, link)
         if server_log:
             where += f' (<a href="{escape(server_log[1])}">{escape(server_log[0])}</a>)'
-        reason = escape(str(case.get("reason") or ""))
+        reason = escape(_without_where(str(case.get("reason") or "")))  # "failed at" says it
         if case.get("log_tail"):
             reason += ("<details><summary>log tail</summary>"
                        f"<pre>{escape(str(case['log_tail']))}</pre></details>")
@@ -231,9 +231,13 @@ def _model_outcome(outcome: object) -> str:
     says where); the whole text is the hover text."""
     text = _first_line(outcome)
     verdict, sep, rest = text.partition(": ")
-    rest = re.sub(r"^\[[^\]]*\]\s*", "", rest)
-    shown = f"{verdict}{sep}{rest}"
+    shown = f"{verdict}{sep}{_without_where(rest)}"
     return shown if len(shown) <= 160 else shown[:159] + "\u2026"
+
+
+def _without_where(text: str) -> str:
+    """A reason without its leading `[step ..., host ..., server ...]`."""
+    return re.sub(r"^\[(step|host|server) [^\]]*\]\s*", "", text)
 
 
 def _first_line(text: object) -> str:
