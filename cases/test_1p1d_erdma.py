@@ -1,5 +1,5 @@
 """1 prefill + 1 decode SGLang server on two hosts, KV cache moved by Mooncake, behind a router."""
-from harness.answers import RESPONSE_LOG, post, require_json_ok
+from harness.answers import require_json_ok
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.engines import ROUTER_PORT, sglang_router, sglang_server
 from harness.servers import start_all
@@ -31,8 +31,7 @@ def run_model(ctx: CaseContext, model: str) -> None:
         start_all([router])
     url = f"http://127.0.0.1:{ROUTER_PORT}/generate"
     with ctx.step(f"{model}: request"):
-        status, body = post(url, REQUEST, 30, ctx.local_file(model, RESPONSE_LOG),
-                            server="router")
+        status, body = ctx.post(url, REQUEST, 30, model, server="router")
         require_json_ok(status, body, url=url, server="router")
 
 

@@ -2,7 +2,7 @@
 import base64
 from pathlib import Path
 
-from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, require_match
+from harness.answers import chat_content, require_json_ok, require_match
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.engines import ROUTER_PORT, sglang_router, sglang_server
 from harness.errors import SettingsError
@@ -76,8 +76,7 @@ def run_model(ctx: CaseContext, model: str, request: dict) -> None:
         start_all([router])
     url = f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions"
     with ctx.step(f"{model}: request"):
-        status, body = post(url, request, 60, ctx.local_file(model, RESPONSE_LOG),
-                            server="router")
+        status, body = ctx.post(url, request, 60, model, server="router")
         data = require_json_ok(status, body, url=url, server="router")
         require_match(chat_content(data, server="router"), ANSWER, server="router")
 

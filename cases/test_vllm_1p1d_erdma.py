@@ -4,7 +4,7 @@ import logging
 
 from packaging.version import InvalidVersion, Version
 
-from harness.answers import RESPONSE_LOG, chat_content, post, require_json_ok, require_match
+from harness.answers import chat_content, require_json_ok, require_match
 from harness.cases import DOUBLE, Case, CaseContext
 from harness.errors import HarnessError
 from harness.nodes import Node
@@ -129,8 +129,7 @@ def run_model(ctx: CaseContext, model: str, version: Version) -> None:
         start_all([proxy_server(ctx, model, version)])
     url = f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}"
     with ctx.step(f"{model}: request"):
-        status, body = post(url, request(model), 120, ctx.local_file(model, RESPONSE_LOG),
-                            server="proxy")
+        status, body = ctx.post(url, request(model), 120, model, server="proxy")
         data = require_json_ok(status, body, url=url, server="proxy")
         require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
 

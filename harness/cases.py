@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Mapping, Sequence
 
+from harness import answers
 from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
 from harness.gpu import format_used, sim_gpu_env, wait_for_drain
 from harness.nodes import Node
@@ -24,6 +25,7 @@ from harness.reset import gpu_source_for
 from harness.results import CaseResult
 from harness.servers import LogFollower, Rule, Server
 from harness.settings import Settings
+from harness.timeline import Timeline, log_ref
 from harness.waiting import Cancel, fan_out, wait_until
 
 log = logging.getLogger(__name__)
@@ -86,13 +88,15 @@ class CaseContext:
     """What a running case is handed by the runner."""
 
     def __init__(self, case: Case, settings: Settings, local: Node, remote: Node | None,
-                 result: CaseResult, stack: ExitStack, cancel: Cancel | None = None) -> None:
+                 result: CaseResult, stack: ExitStack, cancel: Cancel | None = None,
+                 timeline: Timeline | None = None) -> None:
         self.case = case
         self.settings = settings
         self.local = local
         self.remote = remote
         self.result = result
         self.cancel = cancel or Cancel()
+        self.timeline = timeline or Timeline.off()  # the run's: spans of servers, requests...
         self._stack = stack
         self._servers: list[Server] | None = None  # the servers of the current scope
         self._scope = ""                            # its name ("" for the case, or the model)
@@ -196,8 +200,11 @@ class CaseContext:
         """The next model's engines need the memory this one held (vLLM refuses to start
         below --gpu-memory-utilization): wait for it, read as the host reset reads it."""
         def drain(node: Node, cancel: Cancel) -> None:
-            seen = wait_for_drain(gpu_source_for(node, self.settings), cancel=cancel,
-                                  timeout_s=self.settings.timeout_gpu_drain_s, host=node.name)
+            with self.timeline.span(node.name, "drain", f"after {model}",
+                                    case=self.case.name):
+                seen = wait_for_drain(gpu_source_for(node, self.settings), cancel=cancel,
+                                      timeout_s=self.settings.timeout_gpu_drain_s,
+                                      host=node.name)
             if not seen.drained:
                 used = format_used(seen.last.used_mb) if seen.last else "no reading"
                 raise HarnessError(f"GPU memory still used {seen.waited_s:.1f}s after the "
@@ -212,11 +219,13 @@ class CaseContext:
     # --- processes ----------------------------------------------------------------------------
     def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,
                ready: Sequence[Rule], env: Mapping[str, str] | None = None,
-               pythonpath: Sequence[str] = (), cwd: object = None) -> Server:
+               pythonpath: Sequence[str] = (), cwd: object = None,
+               kind: str = "server") -> Server:
         """A server that is stopped when the case (or the model) ends, whatever happens:
         the servers of one scope are stopped all at once, on both hosts."""
         server = Server(name, node, list(argv), self.case.name, log, list(ready),
-                        dict(env or {}), list(pythonpath), cwd, self.cancel)
+                        dict(env or {}), list(pythonpath), cwd, self.cancel, self.timeline,
+                        kind)
         if self._servers is None:
             self._servers = []
             self._stack.callback(self._stop_all, self._servers,
@@ -255,6 +264,20 @@ class CaseContext:
             fan_out([lambda _, server=server: stop(server) for server in servers], Cancel(),
                     "server stop")
 
+    def post(self, url: str, payload: dict, timeout_s: float, model: str, *,
+             server: str) -> tuple[int, str]:
+        """The case's request (harness.answers.post), its answer saved to the model's
+        curl_response.log; a span of kind `request` on this host's timeline."""
+        save_to = self.local_file(model, answers.RESPONSE_LOG)
+        path = url.split("/", 3)[-1] if url.count("/") >= 3 else url
+        ref = log_ref(self.local.host_layout.logs, save_to)
+        with self.timeline.span(self.local.name, "request", f"{model}: POST /{path}",
+                                case=self.case.name, log=ref) as span:
+            status, body = answers.post(url, payload, timeout_s, save_to, server=server)
+            if status != 200:
+                span.outcome = f"HTTP {status}"
+        return status, body
+
     def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                     pythonpath: Sequence[str] = (), cwd: object = None,
                     node: Node | None = None) -> None:
@@ -266,7 +289,7 @@ class CaseContext:
         node = node or self.local
         log_path = node.layout.case_log(self.case.name)
         server = self.server("payload", node, argv, log=log_path, ready=(), env=env,
-                             pythonpath=pythonpath, cwd=cwd)
+                             pythonpath=pythonpath, cwd=cwd, kind="payload")
         server.start()
         proc = server.proc
         assert proc is not None
@@ -286,9 +309,17 @@ class CaseContext:
                                        host=node.name, log_tail=server.log_tail())
             return False, "still running"
 
-        done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
-                                awaited=f"the payload on {node.name}", cancel=self.cancel,
-                                detail=server.last_log_line)
+        try:
+            done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
+                                    awaited=f"the payload on {node.name}", cancel=self.cancel,
+                                    detail=server.last_log_line)
+        except BaseException as exc:
+            if server.span is not None:
+                server.span.failed(exc)
+            raise
+        if server.span is not None:  # the payload's span ends when it exits, not at its stop
+            code = proc.exit_code()
+            server.span.close("timed out" if not done else "ok" if code == 0 else f"exit {code}")
         if not done:
             raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
                              host=node.name, log_tail=server.log_tail())

@@ -22,6 +22,7 @@ from harness.gpu import SimGpu, sim_gpu_dir
 from harness.nodes import HostNode, Node
 from harness.reset import gpu_source_for, reset_node
 from harness.settings import RemoteVia, Runtime, Settings, shrc_text
+from harness.timeline import Timeline
 from harness.waiting import Cancel, fan_out, reporting
 from harness.wheel import fetch_wheel, find_wheel
 
@@ -37,6 +38,7 @@ class Environment:
     remote: Node | None = None
     prep_s: dict[str, float] = field(default_factory=dict)
     cancel: Cancel = field(default_factory=Cancel)  # the run's: Ctrl-C/SIGTERM set it
+    timeline: Timeline = field(default_factory=Timeline.off)  # the run's record of spans
 
     @property
     def nodes(self) -> list[Node]:
@@ -102,7 +104,8 @@ class _Steps:
         log.info("prep %s: %s ...", self.node.name, name)
         start = time.monotonic()
         try:
-            with reporting(f"{name} on {self.node.name}"):
+            with self.env.timeline.span(self.node.name, "prep", name), \
+                    reporting(f"{name} on {self.node.name}"):
                 value = action()
         except HarnessError as exc:
             exc.at(step=name, host=self.node.name)
@@ -114,6 +117,7 @@ class _Steps:
 
     def skip(self, name: str, why: str, value=None):
         self._skipped.append((name, why))
+        self.env.timeline.skipped(self.node.name, "prep", name, why)
         self.env.prep_s[f"{self.node.name}:{name}"] = 0.0
         return value
 
@@ -247,8 +251,11 @@ def reset(env: Environment, next_case: str) -> None:
     def reset_one(node: Node) -> Callable[[Cancel], None]:
         def job(cancel: Cancel) -> None:
             started = time.monotonic()
-            report = reset_node(node, env.settings, gpu_source_for(node, env.settings),
-                                cancel=cancel)
+            with env.timeline.span(node.name, "reset", f"reset before {next_case}",
+                                   case=next_case) as span:
+                report = reset_node(node, env.settings, gpu_source_for(node, env.settings),
+                                    cancel=cancel, spans=env.timeline, case=next_case)
+                span.detail = report.action
             env.prep_s[f"{node.name}:reset before {next_case}"] = round(
                 time.monotonic() - started, 3)
             log.info("reset %s: %s", node.name, report.summary())

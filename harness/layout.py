@@ -13,6 +13,8 @@ CONTAINER_ROOT = PurePosixPath("/test_run")
 RESULTS_FILE = "test_results.json"
 CASE_SUMMARY_FILE = "case_summary.json"
 RUN_SUMMARY_FILE = "run_summary.json"
+TIMELINE_FILE = "timeline.jsonl"
+REPORT_FILE = "report.html"
 
 
 def model_dir_name(model: str) -> str:
@@ -60,6 +62,14 @@ class Layout:
     @property
     def run_summary(self) -> PurePosixPath:
         return self.logs / RUN_SUMMARY_FILE
+
+    @property
+    def timeline(self) -> PurePosixPath:
+        return self.logs / TIMELINE_FILE
+
+    @property
+    def report(self) -> PurePosixPath:
+        return self.logs / REPORT_FILE
 
     @property
     def payloads(self) -> PurePosixPath:

@@ -34,6 +34,7 @@ from harness.errors import HarnessError
 from harness.gpu import Drain, GpuMemory, GpuProcess, GpuReadError, NvidiaSmi, SimGpu
 from harness.nodes import ContainerBase, Node, _find_pid_files, read_pid_file
 from harness.settings import Settings
+from harness.timeline import Timeline
 from harness.waiting import Cancel
 
 log = logging.getLogger(__name__)
@@ -209,16 +210,21 @@ def reset_node(node: Node, settings: Settings, gpu: GpuMemory, *,
                limit_mb: int = gpu_mod.LIMIT_MB, poll_s: float = gpu_mod.POLL_S,
                clock: Callable[[], float] = time.monotonic,
                sleep: Callable[[float], object] | None = None,
-               cancel: Cancel | threading.Event | None = None) -> ResetReport:
-    """Restart/stop, wait for the GPUs, kill only this node's GPU processes, wait again."""
+               cancel: Cancel | threading.Event | None = None,
+               spans: Timeline | None = None, case: str = "") -> ResetReport:
+    """Restart/stop, wait for the GPUs, kill only this node's GPU processes, wait again.
+    Each phase is a span of `spans` (the run's timeline): the drain waits as kind `drain`."""
     report = ResetReport(node.name)
+    spans = spans or Timeline.off()
     container = isinstance(node, ContainerBase)
     groups = set() if container else recorded_groups(node)
 
     def timed(phase: str, action):
         start = clock()
+        kind = "drain" if phase.startswith("drain") else "reset"
         try:
-            return action()
+            with spans.span(node.name, kind, phase, case=case):
+                return action()
         except GpuReadError as exc:
             raise ResetFailed(f"GPU memory unreadable ({phase}): {exc.message}", report,
                               log_tail=exc.log_tail, hint=exc.hint) from exc

@@ -113,11 +113,13 @@ def write_unfinished(layout: Layout, case: str, group: str = "") -> CaseResult:
 
 def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,
                       prep_s: dict[str, float], duration_s: float, finished: bool = True,
-                      earlier: list[dict] | None = None) -> None:
+                      earlier: list[dict] | None = None,
+                      settings: list[tuple[str, str]] | None = None) -> None:
     """`run_summary.json` and the JUnit file made from it. Written at the start of a run (every
     case unfinished, `finished` null), after every case and at the end, so a killed run leaves
     one that says which cases did not finish. `earlier`: the case entries of the summary a
-    rerun updates; this run's results replace theirs, the others stand."""
+    rerun updates; this run's results replace theirs, the others stand. `settings`:
+    `Settings.env_items()`, the non-secret settings as `.shrc` shows them."""
     cases = updated_cases(earlier or [], [r.to_summary() for r in results])
     write_json_atomic(Path(layout.run_summary), {
         "group": group,
@@ -128,6 +130,7 @@ def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, 
         "passed": bool(cases) and all(c["status"] == Status.PASS.value for c in cases),
         "cases": cases,
         **({"reran": [r.case for r in results]} if earlier else {}),
+        "settings": dict(settings or ()),
     })
     from harness.junit import write_junit  # here, not above: junit uses this module's writer
     write_junit(Path(layout.logs))

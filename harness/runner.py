@@ -12,6 +12,7 @@ import traceback
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Sequence
 
 from harness import cases as case_registry
@@ -22,9 +23,11 @@ from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
 from harness.layout import Layout
 from harness.nodes import HostNode, Node
+from harness.report import write_report
 from harness.results import (UNFINISHED, CaseResult, Status, summary_table, updated_cases,
                              write_case_result, write_run_summary, write_unfinished)
 from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
+from harness.timeline import Timeline
 from harness.waiting import Cancel, set_progress_every
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,8 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     """Prepare, run every case in order, clean up; the exit status (0 when all passed).
     `earlier`: a rerun's summary entries, kept for the cases not run again."""
     run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT), earlier=earlier)
+    # started empty, as harness.log is: the spans of this run only (harness.report reads them)
+    run.env.timeline = Timeline.fresh(Path(run.layout.timeline), run.env.run_id)
     set_progress_every(settings.progress_every_s)
     previous = _install_signal_handlers(run.env.cancel)
     try:
@@ -124,7 +129,7 @@ def _run_case(run: Run, case: Case) -> None:
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
             ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack,
-                              run.env.cancel)
+                              run.env.cancel, run.env.timeline)
             stack.callback(_collect_logs, run, case.name)
             stack.callback(ctx.stop_leftovers)
             case.run(ctx)
@@ -191,7 +196,7 @@ def _write_summary(run: Run, *, finished: bool) -> None:
     write_run_summary(run.layout, results, group=run.label,
                       pr_id=run.settings.pr_id, prep_s=run.env.prep_s,
                       duration_s=time.monotonic() - run.started, finished=finished,
-                      earlier=run.earlier)
+                      earlier=run.earlier, settings=run.settings.env_items())
 
 
 def _finish(run: Run) -> None:
@@ -202,6 +207,8 @@ def _finish(run: Run) -> None:
             write_case_result(run.layout, result)
             print(f"{result.case}: {result.status.value}", flush=True)
     _write_summary(run, finished=True)
+    run.env.timeline.close_open()
+    _write_report(run)
     print("\n" + summary_table(results), flush=True)
     passed = sum(r.passed for r in results)
     print(f"\n{passed} of {len(results)} cases passed in {duration_s:.1f}s; "
@@ -211,6 +218,17 @@ def _finish(run: Run) -> None:
         print(f"the whole tree ({run.layout.run_summary}): "
               f"{sum(c['status'] == Status.PASS.value for c in tree)} of {len(tree)} cases "
               "passed", flush=True)
+
+
+def _write_report(run: Run) -> None:
+    """run/logs/report.html; it is a view of the results, so failing to write it is a warning,
+    never a changed verdict."""
+    try:
+        path = write_report(Path(run.layout.logs))
+    except Exception as exc:  # noqa: BLE001 - any bug in the report must not end the run
+        log.warning("could not write the HTML report: %r", exc)
+        return
+    log.info("report: %s", path)
 
 
 # --- signals ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import requests
 
 from harness.errors import NotReady, ServerExited, tail
 from harness.nodes import Node, Spawned
+from harness.timeline import Span, Timeline, log_ref
 from harness.waiting import Cancel, fan_out, wait_until
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,10 @@ class Server:
     pythonpath: Sequence[str] = ()
     cwd: object = None
     cancel: Cancel = field(default_factory=Cancel)
+    timeline: Timeline = field(default_factory=Timeline.off)
+    kind: str = "server"                    # its kind on the timeline ("payload" for one)
     proc: Spawned | None = None
+    span: Span | None = None                # start -> ready -> stop on the timeline
     _follower: LogFollower | None = None
     _log_counts: dict[str, int] = field(default_factory=dict)
 
@@ -198,8 +202,15 @@ class Server:
         log.info("%s: starting %s (log %s)", self.node.name, self.name, self.log.name)
         self.node.host.remove(self.node.on_host(self.log))
         self._follower, self._log_counts = LogFollower(self.node, self.log), {}
-        self.proc = self.node.spawn(self.name, self.argv, case=self.case, log=self.log,
-                                    env=self.env, cwd=self.cwd, pythonpath=self.pythonpath)
+        self.span = self.timeline.open(self.node.name, self.kind, self.name, case=self.case,
+                                       log=log_ref(self.node.layout.logs, self.log))
+        try:
+            self.proc = self.node.spawn(self.name, self.argv, case=self.case, log=self.log,
+                                        env=self.env, cwd=self.cwd, pythonpath=self.pythonpath)
+        except BaseException as exc:
+            self.span.failed(exc)
+            self.span.close()
+            raise
         return self
 
     def log_tail(self, lines: int = 30) -> str:
@@ -212,7 +223,18 @@ class Server:
 
     def wait_ready(self, cancel: Cancel | None = None) -> None:
         """Meet each rule in order; raise NotReady or ServerExited with the log tail. Ready
-        also means the process the harness started is still there once the rules are met."""
+        also means the process the harness started is still there once the rules are met.
+        Its span on the run's timeline is marked ready, or keeps how it failed."""
+        try:
+            self._meet_rules(cancel)
+        except BaseException as exc:
+            if self.span is not None:
+                self.span.failed(exc)
+            raise
+        if self.span is not None:
+            self.span.mark_ready()
+
+    def _meet_rules(self, cancel: Cancel | None) -> None:
         cancel = cancel or self.cancel
         started = time.monotonic()
         for rule in self.ready:
@@ -235,6 +257,8 @@ class Server:
         log.debug("%s: %s stopped in %.3fs", self.node.name, self.name,
                   time.monotonic() - started)
         self.proc = None
+        if self.span is not None:
+            self.span.close()
 
     def follow_log(self, patterns: Sequence[str]) -> dict[str, int]:
         """How often each pattern matched the log so far. Only what was appended since the last

@@ -35,7 +35,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "harness/results.py": ("*",),
     # readiness: the rules, the wait on them, and the one wait loop they run in
     "harness/servers.py": ("LogLines.*", "HttpOk.*", "AnyOf.*", "OwnsPort.*", "log_line",
-                           "Server.wait_ready", "Server._wait*", "Server._check*",
+                           "Server.wait_ready", "Server._meet_rules", "Server._wait*",
+                           "Server._check*",
                            "Server.follow_log", "sglang_ready", "app_startup_ready",
                            "router_ready", "start_all", "wait_all"),
     "harness/waiting.py": ("wait_until",),

@@ -43,10 +43,13 @@ readonly IMAGE_PACKAGES="$IMAGE_SRC/packages.txt"
 readonly IMAGE_PIP_CONF="$IMAGE_SRC/pip.conf"
 
 # Host packages: the Docker engine, debootstrap (and the archive keyring it checks the
-# mirror with), sshd for the "remote" host, and the libraries the Mooncake binaries link.
+# mirror with), sshd for the "remote" host, the libraries the Mooncake binaries link, and the
+# browser the HTML report is opened in (Playwright drives Debian's chromium: Playwright's own
+# browser download is not reachable from CI).
 readonly HOST_PACKAGES=(
     docker.io debootstrap debian-archive-keyring ca-certificates openssh-server
     libibverbs1 ibverbs-providers libnl-3-200 libnl-route-3-200 libcurl4 libnuma1
+    chromium
 )
 
 # pip download: wheels only, for the image's interpreter (bookworm: CPython 3.11, glibc 2.36).

@@ -1,6 +1,8 @@
 """The runner on this host (HARNESS_RUNTIME=host): results for every case, whatever happens."""
+import http.server
 import json
 import sys
+import threading
 
 import pytest
 
@@ -100,3 +102,52 @@ def test_case_log_dir_is_emptied_at_its_start(tmp_path):
     assert run_cases(settings(), [case("e", lambda ctx: None)], "SGLANG", Layout.at(tmp_path)) == 0
     assert not stale.exists()
     assert results(tmp_path) == {"e": "Pass"}
+
+
+def test_a_report_that_cannot_be_written_is_a_warning_not_a_verdict(tmp_path, monkeypatch,
+                                                                     caplog):
+    def broken(logs):
+        raise ValueError("report bug")
+
+    monkeypatch.setattr("harness.runner.write_report", broken)
+    code = run_cases(settings(), [case("a", lambda ctx: None)], "SGLANG", Layout.at(tmp_path))
+    assert code == 0 and results(tmp_path) == {"a": "Pass"}
+    assert "could not write the HTML report: ValueError('report bug')" in caplog.text
+    assert not (tmp_path / "run/logs/report.html").exists()
+
+
+class Refuses(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # the name http.server calls
+        self.send_response(500)
+        self.end_headers()
+        self.wfile.write(b"no")
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_run_leaves_its_timeline_and_report(tmp_path):
+    (tmp_path / "run/logs").mkdir(parents=True)
+    (tmp_path / "run/logs/timeline.jsonl").write_text('{"an older run": 1}\n')
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{stub.server_port}/generate"
+
+    def asks(ctx):
+        ctx.each_model(["Org/M"], lambda model: ctx.post(url, {}, 5, model, server="stub"))
+
+    try:
+        code = run_cases(settings(), [Case("a", "SGLANG", "single", 0, ("Org/M",), asks)],
+                         "SGLANG", Layout.at(tmp_path))
+    finally:
+        stub.shutdown()
+    assert code == 0
+    spans = [json.loads(line) for line in
+             (tmp_path / "run/logs/timeline.jsonl").read_text().splitlines()]
+    assert {s["kind"] for s in spans} == {"prep", "request"}  # the older run's line is gone
+    [request] = [s for s in spans if s["kind"] == "request"]
+    assert request["name"] == "Org/M: POST /generate" and request["outcome"] == "HTTP 500"
+    assert request["log"] == "a/Org__M/curl_response.log"
+    page = (tmp_path / "run/logs/report.html").read_text()
+    assert 'data-case="a" data-status="Pass"' in page
+    assert 'href="a/Org__M/curl_response.log"' in page
