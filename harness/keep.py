@@ -6,6 +6,7 @@ host), each server's URL, state and log, and how to stop it all (`invoke clean`)
 """
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,20 +18,34 @@ from harness.settings import RemoteVia, Runtime, Settings
 # How the servers the harness starts name what they serve (`--host H --port P`); a payload's
 # command has neither, so it has no URL.
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
+# SSH_HOST_KEY_POLICY as OpenSSH's client spells it (strict: its default, asking)
+_HOST_KEY_OPTIONS = {"accept-new": ["-o", "StrictHostKeyChecking=accept-new"],
+                     "ignore": ["-o", "StrictHostKeyChecking=no"]}
 
 
 @dataclass
 class Kept:
     """What a failed case left up: its failing model's servers (none for a payload case, or a
-    failure before any server of the model started)."""
+    failure before any server of the model started) and, in the Docker runtime, the
+    containers."""
     case: str
     model: str = ""
     servers: list[Server] = field(default_factory=list)
-    payload: bool = False   # a single-host case: its servers were the payload's own
+    payload: bool = False      # a single-host case: its servers were the payload's own
+    containers: bool = False   # HARNESS_RUNTIME=docker: the containers stay up
 
     @property
     def what(self) -> str:
-        return f"{self.case}'s servers" if self.servers else f"the containers of {self.case}"
+        if self.servers:
+            return f"{self.case}'s servers"
+        return "the containers" if self.containers else "nothing"
+
+    def headline(self) -> str:
+        if self.servers:
+            return f"KEEP_ON_FAILURE: {self.what} are left up ({self.model})"
+        return (f"KEEP_ON_FAILURE: the run stopped at the failure of {self.case}; "
+                + ("the containers are left up" if self.containers
+                   else "nothing of it is left running"))
 
     def not_run_reason(self) -> str:
         return (f"not run: the run stopped at the failure of {self.case} because "
@@ -76,7 +91,12 @@ def _ssh_prefix(settings: Settings, node: Node) -> str:
     target = route.target
     words = ["ssh", "-t", "-p", str(target.port)]
     if settings.remote_ssh_key:
-        words += ["-i", settings.remote_ssh_key]
+        words += ["-i", os.path.expanduser(settings.remote_ssh_key)]
+    if settings.given("SSH_CONFIG"):
+        words += ["-F", os.path.expanduser(settings.ssh_config)]
+    if settings.given("SSH_KNOWN_HOSTS"):
+        words += ["-o", "UserKnownHostsFile=" + os.path.expanduser(settings.ssh_known_hosts)]
+    words += _HOST_KEY_OPTIONS.get(settings.ssh_host_key_policy.value, [])
     if route.jumps:
         words += ["-J", ",".join(f"{hop.user}@{hop.hostname}:{hop.port}" for hop in route.jumps)]
     words.append(f"{target.user}@{target.hostname}")
@@ -96,16 +116,14 @@ def stop_line(settings: Settings, nodes: Sequence[Node]) -> str:
 def reach_text(settings: Settings, nodes: Sequence[Node], kept: Kept, *,
                alive: dict[int, bool] | None = None, title: str = "") -> str:
     """The block that says what is up and how to reach and stop it."""
-    lines = [title or f"KEEP_ON_FAILURE: {kept.what} are left up"
-             + (f" ({kept.model})" if kept.model else "")]
+    lines = [title or kept.headline()]
+    but = "but the containers" if kept.containers else "(HARNESS_RUNTIME=host: no container)"
     if kept.payload:
         lines.append(f"  {kept.case} is a pytest payload case: its servers were the payload's "
-                     "own and are gone with it; nothing is kept but the container"
-                     + ("" if settings.harness_runtime is Runtime.DOCKER else
-                        " (HARNESS_RUNTIME=host: there is none)"))
+                     f"own and are gone with it; nothing is kept {but}")
     elif not kept.servers:
         lines.append(f"  no server of {kept.case} was running when it failed; "
-                     "nothing is kept but the containers")
+                     f"nothing is kept {but}")
     lines.append("  shells:")
     for node in nodes:
         lines.append(f"    {node.name:<7} {shell_line(settings, node)}")

@@ -151,7 +151,8 @@ def _run_case(run: Run, case: Case) -> None:
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
     if ctx is not None and not result.passed and ctx.keeps_failures:
         failed_model = next((m for m, v in result.models.items() if v.startswith("Fail")), "")
-        run.kept = Kept(case.name, failed_model, ctx.kept_servers or [], payload=not case.double)
+        run.kept = Kept(case.name, failed_model, ctx.kept_servers or [], payload=not case.double,
+                        containers=run.settings.harness_runtime is Runtime.DOCKER)
 
 
 def fresh_case_dirs(env: Environment, case: str) -> None:

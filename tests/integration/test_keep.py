@@ -9,6 +9,7 @@
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.integration.test_cluster_docker import cluster_env  # noqa: F401, F811 (a fixture)
+from tests.integration.test_single_docker import containers_named
 from tests.simproc import LoggedProcess, demo_env, killed_afterwards, run_processes, wait_for
 
 pytestmark = pytest.mark.integration
@@ -99,6 +102,21 @@ def test_keep_on_failure_stops_the_run_and_leaves_the_servers_up(project, cluste
             requests.get(f"{url}/health", timeout=5)
 
 
+def test_keep_on_failure_of_a_payload_case_says_there_is_nothing_to_keep(project, cluster):
+    env = demo_env(cluster, HARNESS_SIM_FAULTS="payload:crash", KEEP_ON_FAILURE="true")
+    done = harness(project, env, "harness", "group", "SGLANG")
+    assert done.returncode == 1, done.stdout[-4000:]
+    assert [status_of(project, c) for c in SGLANG_CASES] == ["Fail"] * 5
+    later = json.loads((project / "run/logs/test_moe_mooncake/case_summary.json").read_text())
+    assert "stopped at the failure of test_hicache_storage_mooncake_backend because " \
+           "KEEP_ON_FAILURE=true" in later["reason"], later
+    block = done.stdout[done.stdout.rindex("KEEP_ON_FAILURE: the run stopped"):]
+    assert "is a pytest payload case: its servers were the payload's own" in block, block
+    assert "nothing is kept (HARNESS_RUNTIME=host: no container)" in block, block
+    assert not SERVER_LINE.findall(block)
+    assert not left_running(project, cluster)  # its own cleanup ran, as without the setting
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_invoke_serve_holds_the_servers_until_a_signal(project, cluster, tmp_path, sig):
     with killed_afterwards() as keep:
@@ -147,3 +165,47 @@ def test_invoke_serve_bad_input_is_one_line(project, cluster, args, says):
     assert done.returncode == 1, done.stdout
     assert says in done.stdout and "Traceback" not in done.stdout, done.stdout
     assert len(done.stdout.strip().splitlines()) == 1, done.stdout
+
+
+@pytest.mark.docker
+@pytest.mark.ssh
+def test_keep_on_failure_in_docker_over_ssh_then_clean_remote(project, cluster_env,  # noqa: F811
+                                                              docker_client):
+    """The production shape: containers on both hosts, the remote one over SSH. The printed
+    shell lines work as printed (run without a terminal here), the containers stay up, and
+    `invoke clean --remote` removes both."""
+    local, remote = cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]
+    env = {**cluster_env, "HARNESS_SIM_FAULTS": "decode:http-500", "KEEP_ON_FAILURE": "true"}
+    done = harness(project, env, "harness", "single", "test_1p1d_erdma", timeout=600)
+    out = done.stdout
+    assert done.returncode == 1, out[-5000:]
+    for name in (local, remote):
+        [container] = containers_named(docker_client, name)
+        assert container.status == "running", name
+    block = out[out.rindex("KEEP_ON_FAILURE: test_1p1d_erdma's servers are left up"):]
+    shells = dict(re.findall(r"^    (local|remote)\s+(.+)$", block, re.M))
+    assert shells["local"] == f"docker exec -it {local} bash", block
+    assert shells["remote"].startswith(
+        f"ssh -t -p {env['REMOTE_SSH_PORT']} -i {env['REMOTE_SSH_KEY']} ") and shells[
+        "remote"].endswith(f"root@{env['REMOTE_IP']} docker exec -it {remote} bash"), block
+    for host, line in shells.items():  # as printed, less the terminal, plus a command
+        argv = shlex.split(line.replace("ssh -t ", "ssh -T -o BatchMode=yes ")
+                           .replace("docker exec -it", "docker exec -i"))
+        command = "ls /test_run/run/logs/test_1p1d_erdma"  # ssh hands a shell one string
+        seen = subprocess.run([*argv, "-c", shlex.quote(command) if host == "remote" else command],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=60)
+        assert seen.returncode == 0 and "Qwen__Qwen3-8B" in seen.stdout, (host, seen.stdout)
+    servers = {name: url for name, url, _, _ in SERVER_LINE.findall(block)}
+    assert requests.get(f"{servers['decode']}/health", timeout=5).status_code == 200
+    assert requests.post(f"{servers['router']}/generate", json=STORY, timeout=30
+                         ).status_code == 500
+    assert "invoke clean --remote" in block
+
+    cleaned = harness(project, cluster_env, "invoke", "clean", "--remote", timeout=300)
+    assert cleaned.returncode == 0, cleaned.stdout
+    assert not containers_named(docker_client, local)
+    assert not containers_named(docker_client, remote)
+    for url in servers.values():
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"{url}/health", timeout=5)
