@@ -56,6 +56,7 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
             ctx = CaseContext(case, settings, run.env.local, run.env.remote,
                               CaseResult(case.name), stack, run.env.cancel)
             ctx.keep_on_failure = False  # a failed start stops what it started, as a run does
+            stack.callback(_copy_remote_logs, run, case.name)  # after every stop
             stack.callback(ctx.stop_leftovers)
             ctx.in_model_scope(model, lambda m: _hold(ctx, case, m))
     except KeyboardInterrupt:
@@ -64,6 +65,13 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(f"serve {case.name}: every server stopped", flush=True)
+
+
+def _copy_remote_logs(run: Run, case: str) -> None:
+    try:
+        environment.collect_remote_logs(run.env, case)
+    except HarnessError as exc:
+        log.warning("could not copy the remote logs of %s: %s", case, exc)
 
 
 def _hold(ctx: CaseContext, case: Case, model: str) -> None:

@@ -117,6 +117,23 @@ def test_keep_on_failure_of_a_payload_case_says_there_is_nothing_to_keep(project
     assert not left_running(project, cluster)  # its own cleanup ran, as without the setting
 
 
+def test_sigterm_with_keep_on_failure_still_stops_everything(project, cluster, tmp_path):
+    """The router never gets ready; SIGTERM while waiting for it is a stop, not a failure to
+    keep: everything goes, the case reads interrupted, exit 130."""
+    env = demo_env(cluster, HARNESS_SIM_FAULTS="router:hang", KEEP_ON_FAILURE="true")
+    with killed_afterwards() as keep:
+        run = keep(LoggedProcess(tmp_path / "run.log", [sys.executable, "-m", "harness",
+                                                        "single", "test_1p1d_erdma"],
+                                 env, project))
+        run.wait_for("starting router", timeout=120)
+        os.killpg(run.proc.pid, signal.SIGTERM)
+        assert run.wait_exit(60) == 130, run.text()[-4000:]
+    assert "KEEP_ON_FAILURE:" not in run.text()
+    summary = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
+    assert "interrupted" in summary["reason"], summary
+    assert not left_running(project, cluster)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_invoke_serve_holds_the_servers_until_a_signal(project, cluster, tmp_path, sig):
     with killed_afterwards() as keep:
@@ -133,6 +150,9 @@ def test_invoke_serve_holds_the_servers_until_a_signal(project, cluster, tmp_pat
         assert serve.wait_exit(60) == 0, serve.text()[-4000:]
     assert "every server stopped" in serve.text()
     assert not left_running(project, cluster)
+    # the remote host's logs join the local tree, as after a case
+    assert "ready to roll" in (project / "run/logs/test_1p1d_erdma/Qwen__Qwen3-8B/"
+                               "sglang_server_remote.log").read_text()
 
 
 def test_invoke_serve_a_vllm_case_with_its_second_model(project, cluster, tmp_path):
