@@ -172,7 +172,10 @@ class CaseContext:
         failures: list[tuple[str, HarnessError]] = []
         for index, model in enumerate(models):
             if failures and self.kept_servers is not None:
-                break  # KEEP_ON_FAILURE: the failed model's servers stay up; the run stops
+                # KEEP_ON_FAILURE: the failed model's servers stay up; the run stops here
+                self.result.models[model] = (f"Fail: not run (KEEP_ON_FAILURE kept the "
+                                             f"servers of {failures[0][0]})")
+                continue
             try:
                 self._one_model(model, body)
                 if index + 1 < len(models):  # between models; the reset covers after the last

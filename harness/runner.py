@@ -149,9 +149,10 @@ def _run_case(run: Run, case: Case) -> None:
             write_case_result(run.layout, result)
             print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
-    if ctx is not None and not result.passed and ctx.keeps_failures:
+    if not result.passed and run.settings.keep_on_failure and not run.env.cancel.is_set():
         failed_model = next((m for m, v in result.models.items() if v.startswith("Fail")), "")
-        run.kept = Kept(case.name, failed_model, ctx.kept_servers or [], payload=not case.double,
+        servers = (ctx.kept_servers or []) if ctx is not None else []
+        run.kept = Kept(case.name, failed_model, servers, payload=not case.double,
                         containers=run.settings.harness_runtime is Runtime.DOCKER)
 
 

@@ -71,6 +71,7 @@ def test_keep_on_failure_stops_the_run_and_leaves_the_servers_up(project, cluste
                                                              "Fail"]
     failed = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
     assert "HTTP 500" in failed["reason"], failed
+    assert failed["models"]["deepseek-ai/DeepSeek-V2-Lite"].startswith("Fail: not run"), failed
     for case in ("test_epd_sglang", "test_moe_mooncake"):
         reason = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())[
             "reason"]
