@@ -230,3 +230,25 @@ def test_keep_on_failure_in_docker_over_ssh_then_clean_remote(project, cluster_e
     for url in servers.values():
         with pytest.raises(requests.ConnectionError):
             requests.get(f"{url}/health", timeout=5)
+
+
+@pytest.mark.docker
+@pytest.mark.ssh
+def test_invoke_serve_in_docker_over_ssh(project, cluster_env, docker_client,  # noqa: F811
+                                         tmp_path):
+    with killed_afterwards() as keep:
+        serve = keep(LoggedProcess(tmp_path / "serve.log",
+                                   [sys.executable, "-m", "invoke", "serve", "test_epd_sglang"],
+                                   cluster_env, project))
+        serve.wait_for("Ctrl-C or SIGTERM stops everything", timeout=300)
+        assert f"docker exec -it {cluster_env['REMOTE_CONTAINER_NAME']} bash" in serve.text()
+        answer = requests.post("http://127.0.0.1:8000/v1/chat/completions", timeout=60, json={
+            "model": "default", "messages": [{"role": "user", "content": "Hello"}]})
+        assert answer.status_code == 200, answer.text
+        os.killpg(serve.proc.pid, signal.SIGINT)
+        assert serve.wait_exit(120) == 0, serve.text()[-4000:]
+    for name in (cluster_env["CONTAINER_NAME"], cluster_env["REMOTE_CONTAINER_NAME"]):
+        [container] = containers_named(docker_client, name)
+        assert container.status == "exited", name  # stopped as after a run, nothing running
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:8000/health", timeout=5)
