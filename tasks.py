@@ -122,9 +122,26 @@ def reset(c, settings):
         node.close()
 
 
-@task(help={"wheels": "also remove run/whls and run/.shrc"})
+@task(help={"wheels": "also remove run/whls and run/.shrc",
+            "remote": "also stop what runs on REMOTE_IP (over SSH) and remove its container"})
 @_harness_task
-def clean(c, settings, wheels=False):
+def clean(c, settings, wheels=False, remote=False):
     """Stop processes recorded in run/pids, remove the container and run/logs, run/pids."""
     from harness import runner
-    runner.clean(settings, wheels=wheels)
+    if remote and not settings.remote_ip:
+        raise Exit("error: --remote needs REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...)",
+                   code=2)
+    runner.clean(settings, wheels=wheels, remote=remote)
+
+
+@task(help={"case": "a double case (test_1p1d_erdma, test_epd_sglang, test_vllm_1p1d_erdma)",
+            "model": "one of the case's models (default: its first)"})
+@_harness_task
+def serve(c, settings, case, model=""):
+    """Start a double case's servers and router/proxy on both hosts; keep them up until Ctrl-C.
+
+    Prepares both hosts as a run does, starts the servers of one model exactly as the case
+    does, prints how to reach them (docker exec lines, URLs, logs), and stops everything on
+    Ctrl-C or SIGTERM."""
+    from harness.serve import serve as serve_case
+    serve_case(settings, case, model or None)

@@ -15,6 +15,15 @@ def run(ctx: CaseContext) -> None:
 
 
 def run_model(ctx: CaseContext, model: str) -> None:
+    start_servers(ctx, model)
+    url = f"http://127.0.0.1:{ROUTER_PORT}/generate"
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, REQUEST, 30, model, server="router")
+        require_json_ok(status, body, url=url, server="router")
+
+
+def start_servers(ctx: CaseContext, model: str) -> None:
+    """Prefill here, decode on the remote host, then the router over them (`invoke serve`)."""
     local, remote = ctx.local, ctx.remote
     pd_args = ["--tp-size", "2", "--base-gpu-id=6"]
     prefill = sglang_server(ctx, "prefill", local, model, PORT,
@@ -29,11 +38,8 @@ def run_model(ctx: CaseContext, model: str) -> None:
                            f"http://{remote.address}:{PORT}")
     with ctx.step(f"{model}: start router"):
         start_all([router])
-    url = f"http://127.0.0.1:{ROUTER_PORT}/generate"
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, REQUEST, 30, model, server="router")
-        require_json_ok(status, body, url=url, server="router")
 
 
 CASE = Case(NAME, "SGLANG", DOUBLE, 30, MODELS, run,
-            "prefill here, decode on the remote host, sglang-router in front (/generate)")
+            "prefill here, decode on the remote host, sglang-router in front (/generate)",
+            start_servers=start_servers)

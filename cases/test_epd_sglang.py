@@ -54,6 +54,16 @@ def run(ctx: CaseContext) -> None:
 
 
 def run_model(ctx: CaseContext, model: str, request: dict) -> None:
+    start_servers(ctx, model)
+    url = f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions"
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, request, 60, model, server="router")
+        data = require_json_ok(status, body, url=url, server="router")
+        require_match(chat_content(data, server="router"), ANSWER, server="router")
+
+
+def start_servers(ctx: CaseContext, model: str) -> None:
+    """Encoder and prefill here, decode on the remote host, the router (`invoke serve`)."""
     local, remote = ctx.local, ctx.remote
     encoder_url = f"http://{local.address}:{ENCODER_PORT}"
     encoder = sglang_server(ctx, "encoder", local, model, ENCODER_PORT,
@@ -74,12 +84,8 @@ def run_model(ctx: CaseContext, model: str, request: dict) -> None:
                            f"http://{remote.address}:{DECODE_PORT}")
     with ctx.step(f"{model}: start router"):
         start_all([router])
-    url = f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions"
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, request, 60, model, server="router")
-        data = require_json_ok(status, body, url=url, server="router")
-        require_match(chat_content(data, server="router"), ANSWER, server="router")
 
 
 CASE = Case(NAME, "SGLANG", DOUBLE, 40, (MODEL,), run,
-            "encoder and prefill here, decode on the remote host, a cat photo to describe")
+            "encoder and prefill here, decode on the remote host, a cat photo to describe",
+            start_servers=start_servers)

@@ -109,16 +109,33 @@ def vllm_server(ctx: CaseContext, name: str, node: Node, model: str, port: int, 
                       env=env, pythonpath=ctx.pythonpath(node))
 
 
-def run(ctx: CaseContext) -> None:
+def read_version(ctx: CaseContext) -> Version:
     with ctx.step("read vLLM version"):
         version = vllm_version(ctx, ctx.local)
     proxy = "the image's Mooncake connector proxy" if version >= CONNECTOR_PROXY_SINCE \
         else "the project's own proxy"
     log.info("%s: vLLM %s: %s", NAME, version, proxy)
+    return version
+
+
+def run(ctx: CaseContext) -> None:
+    version = read_version(ctx)
     ctx.each_model(MODELS, lambda model: run_model(ctx, model, version))
 
 
 def run_model(ctx: CaseContext, model: str, version: Version) -> None:
+    start_servers(ctx, model, version)
+    url = f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}"
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, request(model), 120, model, server="proxy")
+        data = require_json_ok(status, body, url=url, server="proxy")
+        require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
+
+
+def start_servers(ctx: CaseContext, model: str, version: Version | None = None) -> None:
+    """Prefill on the remote host, decode here, then the proxy the vLLM version picks
+    (`invoke serve` reads the version first)."""
+    version = read_version(ctx) if version is None else version
     prefill = vllm_server(ctx, "prefill", ctx.remote, model, PREFILL_PORT, "kv_producer",
                           "vllm_server_remote.log")
     decode = vllm_server(ctx, "decode", ctx.local, model, DECODE_PORT, "kv_consumer",
@@ -127,12 +144,8 @@ def run_model(ctx: CaseContext, model: str, version: Version) -> None:
         start_all([prefill, decode])
     with ctx.step(f"{model}: start proxy"):
         start_all([proxy_server(ctx, model, version)])
-    url = f"http://127.0.0.1:{PROXY_PORT}{CHAT_ROUTE}"
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, request(model), 120, model, server="proxy")
-        data = require_json_ok(status, body, url=url, server="proxy")
-        require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
 
 
 CASE = Case(NAME, "VLLM", DOUBLE, 10, MODELS, run,
-            "vLLM prefill on the remote host, decode here, Mooncake connector, proxy in front")
+            "vLLM prefill on the remote host, decode here, Mooncake connector, proxy in front",
+            start_servers=start_servers)

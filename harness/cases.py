@@ -43,6 +43,9 @@ class Case:
     models: tuple[str, ...]
     run: Callable[["CaseContext"], None]
     summary: str = ""
+    # A double case's "start this model's servers and router/proxy" part, which its own run
+    # calls too; `invoke serve` runs it alone and keeps what it started up.
+    start_servers: Callable[["CaseContext", str], None] | None = None
 
     @property
     def double(self) -> bool:
@@ -100,6 +103,9 @@ class CaseContext:
         self._stack = stack
         self._servers: list[Server] | None = None  # the servers of the current scope
         self._scope = ""                            # its name ("" for the case, or the model)
+        # KEEP_ON_FAILURE: the failing model's servers are left running (harness.keep)
+        self.keep_on_failure = settings.keep_on_failure
+        self.kept_servers: list[Server] | None = None
 
     # --- steps --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -169,6 +175,11 @@ class CaseContext:
         first failure."""
         failures: list[tuple[str, HarnessError]] = []
         for index, model in enumerate(models):
+            if failures and self.kept_servers is not None:
+                # KEEP_ON_FAILURE: the failed model's servers stay up; the run stops here
+                self.result.models[model] = (f"Fail: not run (KEEP_ON_FAILURE kept the "
+                                             f"servers of {failures[0][0]})")
+                continue
             try:
                 self._one_model(model, body)
                 if index + 1 < len(models):  # between models; the reset covers after the last
@@ -192,9 +203,30 @@ class CaseContext:
                 stack.callback(self.stop_leftovers)  # after this model's own stops
                 for node in self.nodes:
                     node.host.mkdir(node.on_host(self.model_logs(node, model)))
-                body(model)
+                try:
+                    body(model)
+                except HarnessError:
+                    if self.keeps_failures:
+                        self.kept_servers = list(self._servers or [])
+                        stack.pop_all()  # nothing of this model is stopped
+                    raise
         finally:
             self._stack, self._servers, self._scope = outer
+
+    @property
+    def keeps_failures(self) -> bool:
+        """KEEP_ON_FAILURE=true and not stopping on Ctrl-C/SIGTERM (that still stops all)."""
+        return self.keep_on_failure and not self.cancel.is_set()
+
+    def in_model_scope(self, model: str, body: Callable[[str], None]) -> None:
+        """Run `body(model)` as `each_model` runs one model: what it starts is stopped when it
+        returns or raises (`invoke serve` holds its servers inside one)."""
+        self._one_model(model, body)
+
+    @property
+    def servers(self) -> list[Server]:
+        """The servers started so far in the current scope (the model, or the case)."""
+        return list(self._servers or [])
 
     def _wait_gpus_drained(self, model: str) -> None:
         """The next model's engines need the memory this one held (vLLM refuses to start
@@ -235,7 +267,10 @@ class CaseContext:
 
     def stop_leftovers(self) -> None:
         """The backstop: stop every process group a PID file of this case still names, on
-        every node (a spawn whose answer was lost, a server a failed step never handed back)."""
+        every node (a spawn whose answer was lost, a server a failed step never handed back).
+        Not when KEEP_ON_FAILURE kept a failed model's servers: they are what is left."""
+        if self.kept_servers is not None:
+            return
         for node in self.nodes:
             try:
                 left = node.stop_all(self.case.name, self.settings.timeout_stop_s)

@@ -39,6 +39,7 @@ class Environment:
     prep_s: dict[str, float] = field(default_factory=dict)
     cancel: Cancel = field(default_factory=Cancel)  # the run's: Ctrl-C/SIGTERM set it
     timeline: Timeline = field(default_factory=Timeline.off)  # the run's record of spans
+    keep_containers: bool = False  # KEEP_ON_FAILURE kept a failed case's servers in them
 
     @property
     def nodes(self) -> list[Node]:
@@ -227,12 +228,20 @@ def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
     # At the end of the run the container is stopped, not removed (SPEC §8, as the old
     # scripts' `docker stop`): a person can look inside after a failure; the next run's
     # start-container replaces it, `invoke clean` removes it.
-    stack.callback(node.stop_container)
+    stack.callback(_stop_container, env, node)
     step("start-container", lambda: prep.start_container(node, image, env.run_id))
     if s.install_erdma:
         step("install-erdma", lambda: prep.install_erdma(node, s))
     else:
         step.skip("install-erdma", "INSTALL_ERDMA=false")
+
+
+def _stop_container(env: Environment, node: Node) -> None:
+    if env.keep_containers:
+        log.info("%s: container %s left running (KEEP_ON_FAILURE)", node.name,
+                 getattr(node, "container_name", ""))
+        return
+    node.stop_container()
 
 
 def _pip_step(env: Environment, node: Node, group: str, step: _Steps,

@@ -21,6 +21,7 @@ from harness.cases import Case, CaseContext
 from harness.environment import Environment
 from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts import LocalHost
+from harness.keep import Kept, liveness, reach_text
 from harness.layout import Layout
 from harness.nodes import HostNode, Node
 from harness.report import write_report
@@ -47,6 +48,8 @@ class Run:
     env: Environment = field(init=False)
     interrupted: bool = False
     started: float = field(default_factory=time.monotonic)
+    kept: Kept | None = None     # KEEP_ON_FAILURE stopped the run at this case's failure
+    kept_text: str = ""          # how to reach and stop what it kept (printed last)
 
     def __post_init__(self) -> None:
         self.results = {c.name: CaseResult(c.name, group=c.group) for c in self.cases}
@@ -88,6 +91,8 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _finish(run)
+        if run.kept_text:
+            print("\n" + run.kept_text, flush=True)
     if run.interrupted:
         return EXIT_INTERRUPTED
     return 0 if all(r.passed for r in run.results.values()) else 1
@@ -112,6 +117,9 @@ def _run_all(run: Run, stack: ExitStack) -> None:
             environment.prepare(run.env, stack, case.group)
             prepared = case.group
         _run_case(run, case)
+        if run.kept is not None:
+            _stop_for_keep(run)
+            return
 
 
 def _run_case(run: Run, case: Case) -> None:
@@ -119,11 +127,10 @@ def _run_case(run: Run, case: Case) -> None:
     result.started = time.time()
     start = time.monotonic()
     log.info("=== %s (%s, %s) ===", case.name, case.group, case.kind)
+    ctx: CaseContext | None = None
     try:
         with ExitStack() as stack:
-            for node in run.env.nodes:
-                node.host.empty_dir(node.on_host(node.layout.case_logs(case.name)))
-                node.host.empty_dir(node.on_host(node.layout.case_pids(case.name)))
+            fresh_case_dirs(run.env, case.name)
             write_unfinished(run.layout, case.name, case.group)  # the emptied dir held it
             # Run last (LIFO), after the case's own servers are stopped: anything still
             # recorded under run/pids/<case> on either host, then the remote logs join the
@@ -152,6 +159,36 @@ def _run_case(run: Run, case: Case) -> None:
             _write_summary(run, finished=False)
             print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
+    if not result.passed and run.settings.keep_on_failure and not run.env.cancel.is_set():
+        failed_model = next((m for m, v in result.models.items() if v.startswith("Fail")), "")
+        servers = (ctx.kept_servers or []) if ctx is not None else []
+        run.kept = Kept(case.name, failed_model, servers, payload=not case.double,
+                        containers=run.settings.harness_runtime is Runtime.DOCKER)
+
+
+def fresh_case_dirs(env: Environment, case: str) -> None:
+    """A case's log and PID dirs are emptied at its start, on both hosts (SPEC §4)."""
+    for node in env.nodes:
+        node.host.empty_dir(node.on_host(node.layout.case_logs(case)))
+        node.host.empty_dir(node.on_host(node.layout.case_pids(case)))
+
+
+def _stop_for_keep(run: Run) -> None:
+    """KEEP_ON_FAILURE: the containers stay up and the cases after the kept one are not run;
+    what to reach is read now, while the nodes are open."""
+    kept = run.kept
+    assert kept is not None
+    run.env.keep_containers = True
+    for result in run.results.values():
+        if not result.reason and result.status is not Status.PASS:
+            result.reason, result.step = kept.not_run_reason(), "keep"
+    try:
+        alive = liveness(kept.servers)
+    except HarnessError as exc:  # a host gone: say what was kept all the same
+        log.warning("could not check the kept servers: %s", exc)
+        alive = None
+    run.kept_text = reach_text(run.settings, run.env.nodes, kept, alive=alive)
+    log.debug("%s", run.kept_text)  # the console gets it last, after the summary
 
 
 def _collect_logs(run: Run, case: str) -> None:
@@ -274,8 +311,9 @@ def prepare_standalone(settings: Settings, group: str, *, remote: bool = False) 
         print(f"{name:<32} {seconds:.1f}s")
 
 
-def clean(settings: Settings, *, wheels: bool) -> None:
-    """`invoke clean`: stop recorded processes, remove the container and the run's logs."""
+def clean(settings: Settings, *, wheels: bool, remote: bool = False) -> None:
+    """`invoke clean`: stop recorded processes, remove the container and the run's logs;
+    `remote`: on the remote host too (what KEEP_ON_FAILURE left there)."""
     layout = Layout.at(PROJECT_ROOT)
     host = LocalHost("local")
     # Host runtime: the recorded groups and every process marked with this checkout (harness.
@@ -292,7 +330,28 @@ def clean(settings: Settings, *, wheels: bool) -> None:
         if node.running():
             stopped += node.stop_all(None, settings.timeout_stop_s)
         node.remove()
+    if remote:
+        stopped += _clean_remote(settings)
     for path in (layout.logs, layout.pids) + ((layout.whls, layout.shrc) if wheels else ()):
         host.remove(path)
     log.info("clean: stopped %s; removed run/logs, run/pids%s", stopped or "nothing",
              ", run/whls, run/.shrc" if wheels else "")
+
+
+def _clean_remote(settings: Settings) -> list[str]:
+    """The remote host's share of `invoke clean`, through the node a run uses there."""
+    if settings.harness_remote is RemoteVia.LOCAL and settings.harness_runtime is Runtime.HOST:
+        return []  # the remote dir's node is on this machine: clean() has swept it
+    node = environment.remote_node(settings)
+    try:
+        if settings.harness_runtime is Runtime.HOST:
+            return [f"remote: {found}" for found in node.stop_all(None, settings.timeout_stop_s)]
+        stopped = []
+        if node.running():
+            stopped = [f"remote: {found}" for found in node.stop_all(None,
+                                                                     settings.timeout_stop_s)]
+        node.remove()
+        return stopped
+    finally:
+        node.close()
+        node.host.close()

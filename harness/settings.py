@@ -128,6 +128,9 @@ class Settings:
     epd_image: str = _s("EPD_IMAGE", "payloads/assets/cat_3608x2400.jpg",
                         "JPEG or PNG photo test_epd_sglang sends (a cat: the answer must say "
                         "so); relative to the project directory")
+    keep_on_failure: bool = _s("KEEP_ON_FAILURE", False,
+                               "true: stop at the first failing case and leave its servers and "
+                               "containers up (invoke clean stops them)")
     harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
                                   "docker: processes run in the container; host: on each host")
     harness_remote: RemoteVia = _s(

@@ -20,7 +20,7 @@ def test_every_task_has_help(project):
     listing = invoke(project, dict(os.environ), "--list")
     assert listing.returncode == 0, listing.stdout
     for name in ("prepare", "prepare-remote", "get-wheel", "start-container", "stop-container",
-                 "install-erdma", "reset", "clean"):
+                 "install-erdma", "reset", "clean", "serve"):
         assert name in listing.stdout
         shown = invoke(project, dict(os.environ), "--help", name)
         assert shown.returncode == 0 and "--settings" not in shown.stdout
