@@ -205,8 +205,10 @@ def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = Fals
     result.host = exc.host or ""
     result.server = exc.server or ""
     result.log_tail = exc.log_tail or ""
-    if not quiet:
-        log.error("%s failed: %s", result.case, exc.details())
+    told = any(outcome.startswith("Fail:") for outcome in result.models.values())
+    if not quiet:  # a model's failure was told, with its details, when the model ended
+        log.log(logging.DEBUG if told else logging.ERROR, "%s failed: %s", result.case,
+                exc.details())
 
 
 def _fail_unfinished(run: Run, exc: HarnessError) -> None:

@@ -230,11 +230,15 @@ def fan_out(jobs: Sequence[Callable[[Cancel], None]], cancel: Cancel, what: str)
     causes = [e for e in errors if not _is_cancelled(e, group)]
     if not causes:  # the run itself was cancelled: each job only says so
         raise errors[0]
+    # The caller tells the error raised below: a lone cause is not told twice; of several,
+    # each one's details (its log tail) are told here, the raised error names them all.
+    level = logging.ERROR if len(causes) > 1 else logging.DEBUG
     for exc in causes:
-        log.error("%s: %s", what, exc.details() if isinstance(exc, HarnessError) else repr(exc))
+        log.log(level, "%s: %s", what,
+                exc.details() if isinstance(exc, HarnessError) else repr(exc))
     for exc in errors:
         if exc not in causes:
-            log.info("%s: %s", what, exc)
+            log.debug("%s: %s", what, exc)
     if len(causes) == 1:
         raise causes[0]
     raise GroupFailed(causes)

@@ -1,4 +1,5 @@
 """The cancel token, the one wait loop and the fan-out (harness.waiting)."""
+import logging
 import threading
 import time
 
@@ -96,6 +97,22 @@ def test_fan_out_reports_every_hosts_error():
     text = str(err.value)
     assert "local broke" in text and "remote broke" in text
     assert err.value.step == "reset" and len(err.value.errors) == 2
+
+
+def test_fan_out_tells_each_of_several_errors_and_leaves_a_lone_one_to_its_caller(caplog):
+    def fail(host):
+        def job(cancel):
+            raise HarnessError(f"{host} broke", log_tail=f"{host} log tail")
+        return job
+
+    with caplog.at_level(logging.ERROR, logger="harness.waiting"), pytest.raises(GroupFailed):
+        fan_out([fail("local"), fail("remote")], Cancel(), "reset")
+    told = sorted(r.getMessage() for r in caplog.records)
+    assert len(told) == 2 and "local log tail" in told[0] and "remote log tail" in told[1]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="harness.waiting"), pytest.raises(HarnessError):
+        fan_out([fail("local"), lambda cancel: None], Cancel(), "reset")
+    assert caplog.records == []
 
 
 def test_fan_out_lone_job_runs_in_the_calling_thread():
