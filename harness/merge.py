@@ -9,7 +9,6 @@ chosen silently, and nothing is written.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 from harness.errors import SettingsError
 from harness.junit import write_junit
 from harness.layout import RUN_SUMMARY_FILE
+from harness.report import write_report
 from harness.results import write_json_atomic, write_text_atomic
 from harness.settings import PROJECT_ROOT
 
@@ -66,7 +66,7 @@ def merge_trees(dirs: list[Path], out: Path) -> Path:
     _join_timelines(trees, out)
     write_json_atomic(out / RUN_SUMMARY_FILE, merged_summary(trees))
     write_junit(out)
-    write_merged_report(out)
+    write_report(out)
     return out
 
 
@@ -148,14 +148,3 @@ def _join_timelines(trees: list[Tree], out: Path) -> None:
     if parts:
         write_text_atomic(out / TIMELINE_FILE, "".join(
             p if p.endswith("\n") or not p else p + "\n" for p in parts))
-
-
-def write_merged_report(logs: Path) -> Path | None:
-    """report.html of the merged tree: the one call into harness.report (another part of the
-    harness), imported only here. Without that module, no report and one line saying so."""
-    if importlib.util.find_spec("harness.report") is None:
-        print(f"note: harness.report is not installed here; no report.html in {logs}",
-              file=sys.stderr)
-        return None
-    from harness.report import write_report
-    return write_report(logs)

@@ -1,6 +1,8 @@
 """`python -m harness merge DIR... [--out OUT]` through the real CLI, on run trees written by the
 harness's own result writers (tests/integration/test_rerun_merge.py merges trees of real runs)."""
+import html
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +61,11 @@ def test_two_host_pairs_become_one_tree(tmp_path):
     assert (out / "timeline.jsonl").read_text().splitlines() == ['{"a": 1}', '{"b": 2}']
     (suite,) = JUnitXml.fromfile(str(out / "junit.xml"))
     assert (suite.name, suite.tests, suite.failures) == ("SGLANG", 3, 1)
+    page = (out / "report.html").read_text()  # one report of the three cases, links in the tree
+    for case in ("test_hicache_storage_mooncake_backend", "test_1p1d_erdma", "test_moe_mooncake"):
+        assert f'href="{case}/{case}.log"' in page
+    links = [html.unescape(h) for h in re.findall(r'href="([^"#]+)"', page)]
+    assert links and all((out / link).is_file() for link in links), links
 
 
 def test_a_case_in_two_trees_is_refused_naming_both(tmp_path):
