@@ -12,6 +12,8 @@ from typing import Any
 from harness_sim import __version__, api, faults, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
+from harness_sim.handoff import KvReceiver, KvSender
+from harness_sim.kv_transfer import TransferError, request_prompt
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
 from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url, post_json,
                                 probe_bootstrap)
@@ -29,6 +31,8 @@ class Engine:
     component: str | None = None
     encoder_url: str | None = None  # the live encoder of a language-only prefill
     kv: KvLedger = field(default_factory=KvLedger)  # a prefill: the KV it hands over, per room
+    kv_sender: KvSender | None = None      # a prefill: writes KV through Mooncake
+    kv_receiver: KvReceiver | None = None  # a decode: has it written, then verifies it
     started: float = field(default_factory=time.time)
 
     @property
@@ -84,6 +88,8 @@ class Engine:
         bad_embedding = bool(image and self.encoder_url) and not self._encode(body)
         if self.args.disaggregation_mode == "prefill":
             self.kv.record(body.get("bootstrap_room"), bad=bad_embedding)
+            if self.kv_sender is not None:
+                self.kv_sender.prompts.record(body.get("bootstrap_room"), request_prompt(body))
         if bad_kv or bad_embedding:
             return lambda _prompt: WRONG
         return self.answer
@@ -111,6 +117,13 @@ class Engine:
             say(f"[harness-sim] prefill bootstrap {host}:{port_number} is live "
                 f"(bootstrap_room {rooms})")
         room = rooms[0] if isinstance(rooms, list) and rooms else rooms
+        if self.kv_receiver is not None:
+            host, port = host_list[0], port_list[0]
+            try:
+                self.kv_receiver.fetch(str(host), DEFAULT_BOOTSTRAP_PORT if port is None
+                                       else int(port), room, request_prompt(body))
+            except TransferError as exc:
+                raise api.ApiError(500, str(exc), "InternalServerError") from None
         bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
                                  room) == "bad"
                   for host, port in set(zip(map(str, host_list), port_list, strict=False)))

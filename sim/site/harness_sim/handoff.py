@@ -1,0 +1,142 @@
+"""The two ends of a PD KV handoff: the prefill's sender (behind its bootstrap server) and the
+decode's receiver (before it answers). See kv_transfer for what moves and how it is checked.
+
+Which Mooncake, and what happens without one, is decided once per server (harness_sim.mooncake):
+with HARNESS_SIM_MOONCAKE=auto and no Mooncake the handoff stays in-process (the server said so
+at start); with `required` the decode answers an error naming Mooncake; with `off` nothing moves.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from harness_sim.console import say
+from harness_sim.kv_transfer import (HANDOFF_TIMEOUT_S, ROOM_WAIT_S, TRANSFER_PATH,
+                                     TransferError, Transport, first_difference, kv_bytes,
+                                     kv_size, rate)
+from harness_sim.mooncake import Mooncake
+from harness_sim.wiring import http_url, post_json
+
+TAG = "[harness-sim]"
+
+
+class RoomPrompts:
+    """The prompt a prefill got for each bootstrap room (recent rooms only), to derive its KV."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self._prompts: dict[str, str] = {}
+        self._changed = threading.Condition()
+        self._keep = keep
+
+    def record(self, rooms: Any, prompt: str) -> None:
+        with self._changed:
+            for room in rooms if isinstance(rooms, list) else [rooms]:
+                if room is not None:
+                    self._prompts[str(room)] = prompt
+            while len(self._prompts) > self._keep:
+                self._prompts.pop(next(iter(self._prompts)))
+            self._changed.notify_all()
+
+    def wait(self, room: str, timeout_s: float) -> str | None:
+        with self._changed:
+            self._changed.wait_for(lambda: room in self._prompts, timeout_s)
+            return self._prompts.get(room)
+
+
+class KvSender:
+    """The prefill's end: writes a room's KV into the buffer a decode names."""
+
+    def __init__(self, transport: Transport | None, unavailable: str, where: str) -> None:
+        self.transport, self.unavailable, self.where = transport, unavailable, where
+        self.prompts = RoomPrompts()
+
+    def handle(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST /kv/transfer {room, session, address, length} -> (HTTP status, JSON body)."""
+        try:
+            room, session = str(body["room"]), str(body["session"])
+            address, length = int(body["address"]), int(body["length"])
+        except (KeyError, TypeError, ValueError):
+            return 400, _error(400, f"expected room, session, address, length; got {body!r}")
+        if self.transport is None:
+            return 503, {**_error(503, f"prefill {self.where} cannot move KV: "
+                                       f"{self.unavailable}"), "mooncake": False}
+        prompt = self.prompts.wait(room, ROOM_WAIT_S)
+        if prompt is None:
+            return 404, _error(404, f"prefill {self.where} got no request for bootstrap_room "
+                                    f"{room} within {ROOM_WAIT_S:g}s")
+        data = kv_bytes(room, prompt, length)
+        try:
+            seconds = self.transport.write(session, address, data)
+        except TransferError as exc:
+            say(f"{TAG} MOONCAKE KV SEND FAILED room={room} to={session}: {exc}")
+            return 502, _error(502, str(exc))
+        say(f"{TAG} MOONCAKE KV SENT bytes={length} transfer_s={seconds:.6f} "
+            f"MiB/s={rate(length, seconds)} from={self.transport.session} to={session} "
+            f"room={room}")
+        return 200, {"from": self.transport.session, "bytes": length, "transfer_s": seconds}
+
+
+def _error(status: int, message: str) -> dict[str, Any]:
+    return {"object": "error", "message": message, "code": status}
+
+
+class KvReceiver:
+    """The decode's end: has the prefill write a request's KV into its buffer, then checks it."""
+
+    def __init__(self, mooncake: Mooncake, transport: Transport | None, unavailable: str,
+                 bytes_per_token: int) -> None:
+        self.mooncake, self.transport, self.unavailable = mooncake, transport, unavailable
+        self.bytes_per_token = bytes_per_token
+
+    def fetch(self, host: str, port: int, room: Any, prompt: str) -> None:
+        """Move and verify the KV of `room` from the prefill at host:port (its bootstrap
+        server). TransferError (naming Mooncake) when that fails or is required and cannot be."""
+        if self.mooncake.mode == "off":
+            return
+        if self.transport is None:
+            if self.mooncake.mode == "required":
+                raise TransferError(f"Mooncake is required and cannot move the KV of "
+                                    f"bootstrap_room {room}: {self.unavailable}")
+            return  # auto: in-process handoff, said once at start
+        size = kv_size(prompt, self.bytes_per_token)
+        url = http_url(host, port, TRANSFER_PATH)
+        started = time.monotonic()
+        data, answer = self.transport.receive(size, lambda session, address, length: _ask(
+            url, {"room": str(room), "session": session, "address": address, "length": length}))
+        if answer.get("mooncake") is False and self.mooncake.mode == "auto":
+            say(f"{TAG} MOONCAKE KV in-process for room={room}: {answer.get('message')}")
+            return
+        if "from" not in answer:
+            raise TransferError(f"Mooncake KV transfer of bootstrap_room {room} from prefill "
+                                f"{host}:{port} failed: {answer.get('message', answer)}")
+        self._verify(room, prompt, data, answer, time.monotonic() - started)
+
+    def _verify(self, room: Any, prompt: str, data: bytes, answer: Mapping[str, Any],
+                handoff_s: float) -> None:
+        assert self.transport is not None
+        size, seconds = len(data), float(answer.get("transfer_s") or 0.0)
+        wrong_at = first_difference(data, kv_bytes(str(room), prompt, size))
+        say(f"{TAG} MOONCAKE KV RECEIVED bytes={size} transfer_s={seconds:.6f} "
+            f"MiB/s={rate(size, seconds)} from={answer['from']} to={self.transport.session} "
+            f"room={room} handoff_s={handoff_s:.3f} "
+            f"verified={'yes' if wrong_at is None else f'no (first wrong byte {wrong_at})'}")
+        if wrong_at is not None:
+            raise TransferError(f"Mooncake KV transfer of bootstrap_room {room}: {size} bytes "
+                                f"from {answer['from']} to {self.transport.session} arrived "
+                                f"corrupted (first wrong byte at offset {wrong_at})")
+
+
+def _ask(url: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """POST the transfer request to the prefill's bootstrap server; its JSON answer."""
+    try:
+        status, answer = post_json(url, body, timeout=HANDOFF_TIMEOUT_S)
+    except OSError as exc:
+        raise TransferError(f"Mooncake KV transfer: prefill bootstrap {url} did not answer: "
+                            f"{getattr(exc, 'reason', exc)}") from None
+    if not isinstance(answer, dict):
+        answer = {"message": f"HTTP {status}: {answer!r}"}
+    if status != 200 and "message" in answer:
+        answer["message"] = f"HTTP {status}: {answer['message']}"
+    return answer
