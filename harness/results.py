@@ -58,6 +58,7 @@ class CaseResult:
     models: dict[str, str] = field(default_factory=dict)
     cleanup_errors: list[str] = field(default_factory=list)
     log_tail: str = ""
+    mooncake: dict | None = None  # simulated runs: what Mooncake moved (harness/transfers.py)
 
     @property
     def passed(self) -> bool:

@@ -12,10 +12,11 @@ import traceback
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from harness import cases as case_registry
-from harness import environment
+from harness import environment, transfers
 from harness.cases import Case, CaseContext
 from harness.environment import Environment
 from harness.errors import HarnessError, Interrupted, SettingsError
@@ -137,11 +138,22 @@ def _run_case(run: Run, case: Case) -> None:
         _record_failure(result, HarnessError(f"internal error: {exc!r}"))
     finally:
         result.duration_s = time.monotonic() - start
+        if run.settings.harness_sim:
+            _note_transfers(run, result)
         if result.reason or result.status is Status.PASS:
             result.ended = time.time()
             write_case_result(run.layout, result)
             print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
+
+
+def _note_transfers(run: Run, result: CaseResult) -> None:
+    """What Mooncake moved between the simulated engines; a failure's reason names it."""
+    result.mooncake = transfers.summarise(result.case,
+                                          Path(str(run.layout.case_logs(result.case))))
+    first = (result.mooncake or {}).get("first_failure")
+    if first and result.reason and "Mooncake" not in result.reason:
+        result.reason += f"; Mooncake: {first}"
 
 
 def _collect_logs(run: Run, case: str) -> None:

@@ -148,7 +148,8 @@ class Settings:
     sim_mooncake: SimMooncake = _s(
         "HARNESS_SIM_MOONCAKE", SimMooncake.AUTO,
         "simulated engines move real bytes through Mooncake: auto (when it loads, else said "
-        "with the install line), required (also whenever MOONCAKE_WHEEL is set) or off")
+        "with the install line), required (also whenever MOONCAKE_WHEEL or a mooncake fault "
+        "is set) or off")
     sim_kv_bytes_per_token: int = _s("HARNESS_SIM_KV_BYTES_PER_TOKEN", 57344,
                                      "KV bytes a simulated prefill sends per prompt token "
                                      "(Qwen2.5-7B bf16; at least 64 tokens a request)")
@@ -212,6 +213,9 @@ class Settings:
                                     "faults are played by the simulator only")
             from harness import simknobs
             simknobs.check_faults(self.sim_faults, self.sim_vllm_version)
+            if self._mooncake_faults() and self.sim_mooncake is SimMooncake.OFF:
+                raise SettingsError("HARNESS_SIM_FAULTS has a mooncake fault but "
+                                    "HARNESS_SIM_MOONCAKE is off: nothing would move to break")
         for f in fields(self):
             if f.metadata["env"].startswith("TIMEOUT_"):
                 _require_seconds(f.metadata["env"], getattr(self, f.name), minimum_ok=False)
@@ -239,11 +243,15 @@ class Settings:
             changed._remember_given({**dict.fromkeys(given), **changes})
         return changed
 
+    def _mooncake_faults(self) -> bool:
+        return any(item.strip().startswith("mooncake:") for item in self.sim_faults.split(","))
+
     @property
     def effective_sim_mooncake(self) -> SimMooncake:
         """HARNESS_SIM_MOONCAKE as the engines get it: a wheel under test (MOONCAKE_WHEEL) makes
         `auto` `required`, so a pre-flight never passes without moving bytes through it."""
-        if self.sim_mooncake is SimMooncake.AUTO and self.mooncake_wheel.strip():
+        if self.sim_mooncake is SimMooncake.AUTO and (self.mooncake_wheel.strip()
+                                                      or self._mooncake_faults()):
             return SimMooncake.REQUIRED
         return self.sim_mooncake
 

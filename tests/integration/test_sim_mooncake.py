@@ -151,3 +151,18 @@ def test_bad_mode_exits_2(start) -> None:
                    HARNESS_SIM_MOONCAKE="sometimes")
     assert server.wait_exit() == 2
     assert "bad HARNESS_SIM_MOONCAKE 'sometimes'" in server.text()
+
+
+@pytest.mark.parametrize("fault,needle", [
+    ("corrupt", "arrived corrupted (first wrong byte at offset {half})"),
+    ("refuse", "transfer_sync_write of {size} bytes"),
+])
+def test_transfer_faults_fail_the_request_naming_mooncake(start, fault: str, needle: str) -> None:
+    mooncake_or_fail()
+    prefill, decode, bootstrap = pd_pair(start, HARNESS_SIM_MOONCAKE="required",
+                                         HARNESS_SIM_FAULTS=f"mooncake:{fault}")
+    answer = routed(prefill, decode, bootstrap, "/generate", STORY, room=9)
+    assert answer.status_code == 500 and answer.json()["object"] == "error", answer.text
+    message = answer.json()["message"]
+    assert "Mooncake" in message and needle.format(half=KV_BYTES // 2, size=KV_BYTES) in message
+    assert f"FAULT PLAYED mooncake:{fault}" in prefill.text()

@@ -123,6 +123,7 @@ class Engine:
                 self.kv_receiver.fetch(str(host), DEFAULT_BOOTSTRAP_PORT if port is None
                                        else int(port), room, request_prompt(body))
             except TransferError as exc:
+                say(f"[harness-sim] MOONCAKE KV FAILED: {exc}")  # the harness sums these
                 raise api.ApiError(500, str(exc), "InternalServerError") from None
         bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
                                  room) == "bad"

@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from harness_sim import faults
 from harness_sim.console import say
 from harness_sim.kv_transfer import (HANDOFF_TIMEOUT_S, ROOM_WAIT_S, TRANSFER_PATH,
                                      TransferError, Transport, first_difference, kv_bytes,
@@ -48,8 +49,10 @@ class RoomPrompts:
 class KvSender:
     """The prefill's end: writes a room's KV into the buffer a decode names."""
 
-    def __init__(self, transport: Transport | None, unavailable: str, where: str) -> None:
+    def __init__(self, transport: Transport | None, unavailable: str, where: str,
+                 transfer_faults: set[str] | None = None) -> None:
         self.transport, self.unavailable, self.where = transport, unavailable, where
+        self.faults = transfer_faults or set()   # HARNESS_SIM_FAULTS mooncake:corrupt/refuse
         self.prompts = RoomPrompts()
 
     def handle(self, body: Mapping[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -66,7 +69,7 @@ class KvSender:
         if prompt is None:
             return 404, _error(404, f"prefill {self.where} got no request for bootstrap_room "
                                     f"{room} within {ROOM_WAIT_S:g}s")
-        data = kv_bytes(room, prompt, length)
+        data, session = self._play_faults(kv_bytes(room, prompt, length), session)
         try:
             seconds = self.transport.write(session, address, data)
         except TransferError as exc:
@@ -76,6 +79,22 @@ class KvSender:
             f"MiB/s={rate(length, seconds)} from={self.transport.session} to={session} "
             f"room={room}")
         return 200, {"from": self.transport.session, "bytes": length, "transfer_s": seconds}
+
+
+    def _play_faults(self, data: bytes, session: str) -> tuple[bytes, str]:
+        """mooncake:corrupt flips one byte of what is written; mooncake:refuse aims the write
+        at a port of the decode's host where nothing listens, so Mooncake's own handshake is
+        refused and transfer_sync_write fails as it does for a peer that is gone."""
+        if "corrupt" in self.faults and data:
+            where = len(data) // 2
+            data = data[:where] + bytes([data[where] ^ 0xFF]) + data[where + 1:]
+            faults.played_once("mooncake", "corrupt", f"flipping byte {where} of the KV this "
+                               "prefill writes through Mooncake")
+        if "refuse" in self.faults:
+            session = f"{session.rpartition(':')[0]}:1"
+            faults.played_once("mooncake", "refuse", f"writing the KV to {session}, where "
+                               "nothing listens")
+        return data, session
 
 
 def _error(status: int, message: str) -> dict[str, Any]:

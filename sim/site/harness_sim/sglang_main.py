@@ -130,7 +130,8 @@ def _start_handoff(engine: Engine, environ: Mapping[str, str], bytes_per_token: 
     if transport is None:
         say(f"{TAG} {why}")
     if mode == "prefill":
-        engine.kv_sender = KvSender(transport, why, f"{engine.args.host}:{engine.args.port}")
+        engine.kv_sender = KvSender(transport, why, f"{engine.args.host}:{engine.args.port}",
+                                    faults.active_faults("mooncake", environ=environ))
     else:
         engine.kv_receiver = KvReceiver(loaded, transport, why, bytes_per_token)
 
