@@ -52,7 +52,7 @@ class Mooncake:
     @property
     def install_line(self) -> str:
         """The one command that gives this machine a Mooncake that loads without a GPU."""
-        if self.package == CUDA_PACKAGE:  # same `mooncake` package: the CUDA build must go
+        if CUDA_PACKAGE in self.package.split(" + "):  # same `mooncake` package: it must go
             return f"pip uninstall -y {CUDA_PACKAGE} && pip install {CPU_PACKAGE}"
         return f"pip install {CPU_PACKAGE}"
 
@@ -80,17 +80,21 @@ class Mooncake:
 
 
 def _distribution() -> tuple[str, str]:
-    """(distribution, version) that installed the `mooncake` package, ("", "") if none."""
+    """(distribution, version) that installed the `mooncake` package, ("", "") if none; both
+    builds installed over each other show as `a + b` (their files are mixed: say so)."""
     try:
         names = importlib.metadata.packages_distributions().get("mooncake") or []
     except Exception:  # noqa: BLE001 (a broken metadata dir must not hide the real error)
         names = []
-    for name in names:
+    found = []
+    for name in dict.fromkeys(names):
         try:
-            return name, importlib.metadata.version(name)
+            found.append((name, importlib.metadata.version(name)))
         except importlib.metadata.PackageNotFoundError:
             continue
-    return "", ""
+    return (" + ".join(n for n, _ in found),
+            " + ".join(v for _, v in found) if len({v for _, v in found}) > 1
+            else (found[0][1] if found else ""))
 
 
 def load(mode: str) -> Mooncake:
