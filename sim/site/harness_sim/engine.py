@@ -12,6 +12,7 @@ from typing import Any
 from harness_sim import __version__, api, faults, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
+from harness_sim import handoff
 from harness_sim.handoff import KvReceiver, KvSender
 from harness_sim.kv_transfer import TransferError, request_prompt
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
@@ -123,7 +124,7 @@ class Engine:
                 self.kv_receiver.fetch(str(host), DEFAULT_BOOTSTRAP_PORT if port is None
                                        else int(port), room, request_prompt(body))
             except TransferError as exc:
-                say(f"[harness-sim] MOONCAKE KV FAILED: {exc}")  # the harness sums these
+                handoff.fail(exc)
                 raise api.ApiError(500, str(exc), "InternalServerError") from None
         bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
                                  room) == "bad"

@@ -12,15 +12,35 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from harness_sim import faults
+from harness_sim import faults, mooncake
 from harness_sim.console import say
 from harness_sim.kv_transfer import (HANDOFF_TIMEOUT_S, ROOM_WAIT_S, TRANSFER_PATH,
-                                     TransferError, Transport, first_difference, kv_bytes,
-                                     kv_size, rate)
+                                     TransferError, Transport, bytes_per_token,
+                                     first_difference, kv_bytes, kv_size, rate, start_transport)
 from harness_sim.mooncake import Mooncake
 from harness_sim.wiring import http_url, post_json
 
 TAG = "[harness-sim]"
+
+
+def start(environ: Mapping[str, str], host: str, where: str, send: bool, receive: bool
+          ) -> tuple[KvSender | None, KvReceiver | None]:
+    """A PD server's ends of the handoff: its TransferEngine started on `host` (or the reason
+    it has none, said in its log), a sender when it prefills for others, a receiver when it
+    decodes what others prefilled. Knobs were validated at start (mode_of, bytes_per_token)."""
+    loaded = mooncake.current(environ)
+    transport, why = start_transport(loaded, host)
+    if transport is None:
+        say(f"{TAG} {why}")
+    sender = KvSender(transport, why, where, faults.active_faults("mooncake", environ=environ)
+                      ) if send else None
+    receiver = KvReceiver(loaded, transport, why, bytes_per_token(environ)) if receive else None
+    return sender, receiver
+
+
+def fail(exc: TransferError) -> None:
+    """A receiver's failure, in the log the harness sums (harness/transfers.py)."""
+    say(f"{TAG} MOONCAKE KV FAILED: {exc}")
 
 
 class RoomPrompts:

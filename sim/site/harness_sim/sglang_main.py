@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from harness_sim import TOKENIZER_DIR, faults, gpu, hub, kv_transfer, mooncake
 from harness_sim.console import say
 from harness_sim.engine import Engine, EngineServer
-from harness_sim.handoff import KvReceiver, KvSender
+from harness_sim import handoff
 from harness_sim.serving import (
     TAG,
     Binding,
@@ -97,7 +97,7 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
         mooncake.mode_of(environ)
-        kv_bytes_per_token = kv_transfer.bytes_per_token(environ)
+        kv_transfer.bytes_per_token(environ)
         gpu.hold(args, active, component, environ)  # simulated GPU memory, released at exit
     except ValueError as exc:
         return usage_error(exc)
@@ -116,24 +116,17 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     stopped = load_model(stopper, startup_s, active, component)
     if stopped is not None:
         return stopped
-    _start_handoff(engine, environ, kv_bytes_per_token)
+    _start_handoff(engine, environ)
     return _run_bound(engine, stopper, encoder_wait_s)
 
 
-def _start_handoff(engine: Engine, environ: Mapping[str, str], bytes_per_token: int) -> None:
+def _start_handoff(engine: Engine, environ: Mapping[str, str]) -> None:
     """A PD prefill or decode starts its Mooncake TransferEngine (or says why it has none)."""
     mode = engine.args.disaggregation_mode
-    if mode not in ("prefill", "decode"):
-        return
-    loaded = mooncake.current(environ)
-    transport, why = kv_transfer.start_transport(loaded, engine.args.host)
-    if transport is None:
-        say(f"{TAG} {why}")
-    if mode == "prefill":
-        engine.kv_sender = KvSender(transport, why, f"{engine.args.host}:{engine.args.port}",
-                                    faults.active_faults("mooncake", environ=environ))
-    else:
-        engine.kv_receiver = KvReceiver(loaded, transport, why, bytes_per_token)
+    if mode in ("prefill", "decode"):
+        engine.kv_sender, engine.kv_receiver = handoff.start(
+            environ, engine.args.host, f"{engine.args.host}:{engine.args.port}",
+            send=mode == "prefill", receive=mode == "decode")
 
 
 def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:
