@@ -17,8 +17,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-RECEIVED = re.compile(r"MOONCAKE KV RECEIVED bytes=(\d+) transfer_s=([\d.]+) .*verified=(\S+)")
-FAILED = re.compile(r"MOONCAKE KV FAILED: (.*)")
+# KV (PD prefill -> decode) and EMBEDDING (EPD encoder -> prefill), as the receiver logs them
+RECEIVED = re.compile(r"MOONCAKE (?:KV|EMBEDDING) RECEIVED bytes=(\d+) transfer_s=([\d.]+) "
+                      r".*verified=(\S+)")
+FAILED = re.compile(r"MOONCAKE (?:KV|EMBEDDING) FAILED: (.*)")
 LOADED = re.compile(r"(Mooncake (?:loaded:|NOT loaded|off) .*?)(?:; TransferEngine session|$)")
 MAX_LOG_BYTES = 64 << 20  # a log this large is not a simulated server's
 
@@ -65,7 +67,7 @@ def summarise(case: str, directory: Path) -> dict[str, Any] | None:
     if not (found["transfers"] or found["failures"] or found["mooncake"]):
         return None
     if found["transfers"]:
-        log.info("%s: Mooncake moved %d KV transfers, %.1f MiB, %s MiB/s", case,
+        log.info("%s: Mooncake moved %d transfers, %.1f MiB, %s MiB/s", case,
                  found["transfers"], found["bytes"] / (1 << 20), found["MiB_per_s"])
     for line in found["mooncake"]:
         if not line.startswith("Mooncake loaded"):

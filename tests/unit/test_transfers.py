@@ -23,7 +23,7 @@ DECODE_LOG = """\
 from=127.0.0.1:1 to=127.0.0.2:2 room=1 handoff_s=0.03 verified=yes
 [harness-sim] MOONCAKE KV RECEIVED bytes=1048576 transfer_s=0.001000 MiB/s=1000.0 \
 from=127.0.0.1:1 to=127.0.0.2:2 room=2 handoff_s=0.03 verified=no (first wrong byte 5)
-[harness-sim] MOONCAKE KV FAILED: Mooncake KV transfer of bootstrap_room 2: arrived corrupted
+[harness-sim] MOONCAKE KV FAILED: Mooncake KV transfer of room 2: arrived corrupted
 [harness-sim] MOONCAKE KV RECEIVED bytes=3670016 transfer_s=0.006000 MiB/s=583.3 \
 from=127.0.0.1:1 to=127.0.0.2:2 room=3 handoff_s=0.03 verified=yes
 """
@@ -35,7 +35,7 @@ def test_figures_sum_the_decodes_verified_transfers_only() -> None:
     found = transfers.figures([DECODE_LOG, PREFILL_LOG])
     assert (found["transfers"], found["bytes"], found["failures"]) == (2, 2 * 3670016, 1)
     assert found["MiB_per_s"] == round(7 / 0.008, 1)  # 7 MiB in 8 ms
-    assert found["first_failure"].startswith("Mooncake KV transfer of bootstrap_room 2")
+    assert found["first_failure"].startswith("Mooncake KV transfer of room 2")
     assert found["mooncake"] == ["Mooncake loaded: mooncake-transfer-engine-non-cuda "
                                  "0.3.13.post1 at /v/mooncake (HARNESS_SIM_MOONCAKE=auto)"]
 

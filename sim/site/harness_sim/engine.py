@@ -9,14 +9,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import __version__, api, faults, images
+from harness_sim import __version__, api, embedding, faults, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
 from harness_sim import handoff
 from harness_sim.handoff import KvReceiver, KvSender
 from harness_sim.kv_transfer import TransferError, request_prompt
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
-from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url, post_json,
+from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url,
                                 probe_bootstrap)
 
 MAX_BODY = 64 * 1024 * 1024  # a base64 photo is a few MB; anything larger is a mistake
@@ -138,21 +138,12 @@ class Engine:
         """Ask the encoder to embed this request's image; False when its embedding is wrong."""
         assert self.encoder_url
         url = f"{self.encoder_url}/encode"
-        try:
-            status, answer = post_json(url, {"rid": body.get("rid"), "simulated": True,
-                                             "images": images.image_urls(body)})
-        except OSError as exc:
-            raise api.ApiError(500, f"encoder {url} unreachable: {getattr(exc, 'reason', exc)}",
-                               "InternalServerError") from None
-        if status != 200:
-            detail = answer.get("message", answer) if isinstance(answer, dict) else answer
-            raise api.ApiError(500, f"encoder {url} answered HTTP {status}: {detail}",
-                               "InternalServerError")
-        if isinstance(answer, dict):
-            say(f"[harness-sim] encoder {url} embedded {answer.get('image_tokens')} image "
-                f"tokens (embedding {answer.get('embedding_shape')}, "
-                f"{answer.get('embedding_bytes')} bytes to move)")
-        return not (isinstance(answer, dict) and answer.get("embedding_ok") is False)
+        answer = embedding.fetch(self.kv_receiver, url, {
+            "rid": body.get("rid"), "simulated": True, "images": images.image_urls(body)})
+        say(f"[harness-sim] encoder {url} embedded {answer.get('image_tokens')} image "
+            f"tokens (embedding {answer.get('embedding_shape')}, "
+            f"{answer.get('embedding_bytes')} bytes to move)")
+        return answer.get("embedding_ok") is not False
 
     def encode(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The encoder-only server's /encode: a small made-up embedding handle."""
@@ -169,9 +160,9 @@ class Engine:
         say(f"[harness-sim] encode {sizes}: {tokens} image tokens, embedding {shape}")
         return {"simulated": True, "rid": body.get("rid"), "images": seen,
                 "image_tokens": tokens, "embedding_shape": shape,
-                "embedding_bytes": tokens * images.HIDDEN_SIZE * images.BYTES_PER_VALUE,
+                "embedding_bytes": embedding.embedding_bytes(seen),
                 "transfer_backend": self.args.encoder_transfer_backend,
-                "embedding_ok": not wrong}
+                "embedding_ok": not wrong, **embedding.send(self.kv_sender, dict(body))}
 
 
 # Routes: (method, path) -> handler method name. Encoder-only servers serve only a subset.

@@ -38,9 +38,9 @@ def start(environ: Mapping[str, str], host: str, where: str, send: bool, receive
     return sender, receiver
 
 
-def fail(exc: TransferError) -> None:
+def fail(exc: TransferError, what: str = "KV") -> None:
     """A receiver's failure, in the log the harness sums (harness/transfers.py)."""
-    say(f"{TAG} MOONCAKE KV FAILED: {exc}")
+    say(f"{TAG} MOONCAKE {what} FAILED: {exc}")
 
 
 class RoomPrompts:
@@ -67,7 +67,8 @@ class RoomPrompts:
 
 
 class KvSender:
-    """The prefill's end: writes a room's KV into the buffer a decode names."""
+    """The prefill's end: writes a room's KV into the buffer a decode names (an encoder's: an
+    image embedding into its language-only prefill's buffer)."""
 
     def __init__(self, transport: Transport | None, unavailable: str, where: str,
                  transfer_faults: set[str] | None = None) -> None:
@@ -83,19 +84,26 @@ class KvSender:
         except (KeyError, TypeError, ValueError):
             return 400, _error(400, f"expected room, session, address, length; got {body!r}")
         if self.transport is None:
-            return 503, {**_error(503, f"prefill {self.where} cannot move KV: "
-                                       f"{self.unavailable}"), "mooncake": False}
+            return self.send("KV", room, "", session, address, length)
         prompt = self.prompts.wait(room, ROOM_WAIT_S)
         if prompt is None:
             return 404, _error(404, f"prefill {self.where} got no request for bootstrap_room "
                                     f"{room} within {ROOM_WAIT_S:g}s")
-        data, session = self._play_faults(kv_bytes(room, prompt, length), session)
+        return self.send("KV", room, prompt, session, address, length)
+
+    def send(self, what: str, room: str, key: str, session: str, address: int, length: int
+             ) -> tuple[int, dict[str, Any]]:
+        """Write the bytes of (room, key) into the peer's buffer -> (HTTP status, JSON body)."""
+        if self.transport is None:
+            return 503, {**_error(503, f"{self.where} cannot move {what}: {self.unavailable}"),
+                         "mooncake": False}
+        data, session = self._play_faults(kv_bytes(room, key, length), session)
         try:
             seconds = self.transport.write(session, address, data)
         except TransferError as exc:
-            say(f"{TAG} MOONCAKE KV SEND FAILED room={room} to={session}: {exc}")
+            say(f"{TAG} MOONCAKE {what} SEND FAILED room={room} to={session}: {exc}")
             return 502, _error(502, str(exc))
-        say(f"{TAG} MOONCAKE KV SENT bytes={length} transfer_s={seconds:.6f} "
+        say(f"{TAG} MOONCAKE {what} SENT bytes={length} transfer_s={seconds:.6f} "
             f"MiB/s={rate(length, seconds)} from={self.transport.session} to={session} "
             f"room={room}")
         return 200, {"from": self.transport.session, "bytes": length, "transfer_s": seconds}
@@ -132,37 +140,47 @@ class KvReceiver:
     def fetch(self, host: str, port: int, room: Any, prompt: str) -> None:
         """Move and verify the KV of `room` from the prefill at host:port (its bootstrap
         server). TransferError (naming Mooncake) when that fails or is required and cannot be."""
+        url = http_url(host, port, TRANSFER_PATH)
+        self.receive("KV", str(room), prompt, kv_size(prompt, self.bytes_per_token),
+                     lambda session, address, length: _ask(url, {
+                         "room": str(room), "session": session, "address": address,
+                         "length": length}),
+                     peer=f"prefill {host}:{port}")
+
+    def receive(self, what: str, room: str, key: str, size: int, ask: Any, peer: str
+                ) -> dict[str, Any] | None:
+        """Have `ask(session, address, length)` make the peer write the bytes of (room, key)
+        into a fresh buffer of ours, then check them. Its answer; None when nothing moved
+        through Mooncake (off, or auto without one: the handoff stays in-process)."""
         if self.mooncake.mode == "off":
-            return
+            return None
         if self.transport is None:
             if self.mooncake.mode == "required":
-                raise TransferError(f"Mooncake is required and cannot move the KV of "
-                                    f"bootstrap_room {room}: {self.unavailable}")
-            return  # auto: in-process handoff, said once at start
-        size = kv_size(prompt, self.bytes_per_token)
-        url = http_url(host, port, TRANSFER_PATH)
+                raise TransferError(f"Mooncake is required and cannot move the {what} of "
+                                    f"room {room}: {self.unavailable}")
+            return None  # auto: in-process handoff, said once at start
         started = time.monotonic()
-        data, answer = self.transport.receive(size, lambda session, address, length: _ask(
-            url, {"room": str(room), "session": session, "address": address, "length": length}))
+        data, answer = self.transport.receive(size, ask)
         if answer.get("mooncake") is False and self.mooncake.mode == "auto":
-            say(f"{TAG} MOONCAKE KV in-process for room={room}: {answer.get('message')}")
-            return
+            say(f"{TAG} MOONCAKE {what} in-process for room={room}: {answer.get('message')}")
+            return answer
         if "from" not in answer:
-            raise TransferError(f"Mooncake KV transfer of bootstrap_room {room} from prefill "
-                                f"{host}:{port} failed: {answer.get('message', answer)}")
-        self._verify(room, prompt, data, answer, time.monotonic() - started)
+            raise TransferError(f"Mooncake {what} transfer of room {room} from {peer} failed: "
+                                f"{answer.get('message', answer)}")
+        self._verify(what, room, key, data, answer, time.monotonic() - started)
+        return answer
 
-    def _verify(self, room: Any, prompt: str, data: bytes, answer: Mapping[str, Any],
+    def _verify(self, what: str, room: str, key: str, data: bytes, answer: Mapping[str, Any],
                 handoff_s: float) -> None:
         assert self.transport is not None
         size, seconds = len(data), float(answer.get("transfer_s") or 0.0)
-        wrong_at = first_difference(data, kv_bytes(str(room), prompt, size))
-        say(f"{TAG} MOONCAKE KV RECEIVED bytes={size} transfer_s={seconds:.6f} "
+        wrong_at = first_difference(data, kv_bytes(room, key, size))
+        say(f"{TAG} MOONCAKE {what} RECEIVED bytes={size} transfer_s={seconds:.6f} "
             f"MiB/s={rate(size, seconds)} from={answer['from']} to={self.transport.session} "
             f"room={room} handoff_s={handoff_s:.3f} "
             f"verified={'yes' if wrong_at is None else f'no (first wrong byte {wrong_at})'}")
         if wrong_at is not None:
-            raise TransferError(f"Mooncake KV transfer of bootstrap_room {room}: {size} bytes "
+            raise TransferError(f"Mooncake {what} transfer of room {room}: {size} bytes "
                                 f"from {answer['from']} to {self.transport.session} arrived "
                                 f"corrupted (first wrong byte at offset {wrong_at})")
 

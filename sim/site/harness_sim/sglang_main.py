@@ -121,12 +121,16 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
 
 
 def _start_handoff(engine: Engine, environ: Mapping[str, str]) -> None:
-    """A PD prefill or decode starts its Mooncake TransferEngine (or says why it has none)."""
-    mode = engine.args.disaggregation_mode
-    if mode in ("prefill", "decode"):
+    """A server that hands KV or embeddings over starts its Mooncake TransferEngine (or says
+    why it has none)."""
+    args = engine.args
+    send = args.disaggregation_mode == "prefill" or args.encoder_only
+    # a decode receives KV, a language-only prefill its encoder's embeddings
+    receive = args.disaggregation_mode == "decode" or bool(args.language_only
+                                                           and args.encoder_urls)
+    if send or receive:
         engine.kv_sender, engine.kv_receiver = handoff.start(
-            environ, engine.args.host, f"{engine.args.host}:{engine.args.port}",
-            send=mode == "prefill", receive=mode == "decode")
+            environ, args.host, f"{args.host}:{args.port}", send=send, receive=receive)
 
 
 def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:
