@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # KV (PD prefill -> decode) and EMBEDDING (EPD encoder -> prefill), as the receiver logs them
 RECEIVED = re.compile(r"MOONCAKE (?:KV|EMBEDDING) RECEIVED bytes=(\d+) transfer_s=([\d.]+) "
                       r".*verified=(\S+)")
-FAILED = re.compile(r"MOONCAKE (?:KV|EMBEDDING) FAILED: (.*)")
+FAILED = re.compile(r"MOONCAKE (?:KV|EMBEDDING|HICACHE) FAILED: (.*)")
 LOADED = re.compile(r"(Mooncake (?:loaded:|NOT loaded|off) .*?)(?:; TransferEngine session|$)")
 MAX_LOG_BYTES = 64 << 20  # a log this large is not a simulated server's
 

@@ -10,14 +10,17 @@ build raises on a machine without a driver.
 from __future__ import annotations
 
 import re
+import shutil
+import socket
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_sim_engine import READY, STORY, Sim, chat_body, post
-from tests.simproc import SIM_SITE, free_port, killed_afterwards
+from tests.integration.test_sim_engine import HTTP, READY, STORY, Sim, chat_body, post
+from tests.simproc import SIM_SITE, LoggedProcess, free_port, killed_afterwards, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,6 +36,7 @@ def start(tmp_path: Path) -> Iterator:
         def _start(name: str, args: list[str], **env: str) -> Sim:
             return keep(Sim(tmp_path / f"{name}.log", args, env))
 
+        _start.keep = keep  # type: ignore[attr-defined]  (other processes to stop afterwards)
         yield _start
 
 
@@ -166,3 +170,49 @@ def test_transfer_faults_fail_the_request_naming_mooncake(start, fault: str, nee
     message = answer.json()["message"]
     assert "Mooncake" in message and needle.format(half=KV_BYTES // 2, size=KV_BYTES) in message
     assert f"FAULT PLAYED mooncake:{fault}" in prefill.text()
+
+
+@pytest.fixture()
+def mooncake_services(start, tmp_path: Path) -> dict[str, str]:
+    """The real mooncake_master and HTTP metadata server, on free ports, as the payload starts
+    them; the environment a HiCache server gets."""
+    mooncake_or_fail()
+    master = shutil.which("mooncake_master", path=str(Path(sys.executable).parent))
+    assert master, "no mooncake_master next to this interpreter (the demo extra installs it)"
+    rpc, metrics, metadata = (free_port(PREFILL_HOST) for _ in range(3))
+    start.keep(LoggedProcess(tmp_path / "master.log", [
+        master, f"--rpc_address={PREFILL_HOST}", f"--rpc_port={rpc}",
+        f"--metrics_host={PREFILL_HOST}", f"--metrics_port={metrics}"], {}, tmp_path))
+    start.keep(LoggedProcess(tmp_path / "metadata.log", [
+        sys.executable, "-m", "mooncake.http_metadata_server", "--host", PREFILL_HOST,
+        "--port", str(metadata)], {}, tmp_path))
+
+    def answers(port: int) -> bool:
+        with socket.socket() as sock:
+            return sock.connect_ex((PREFILL_HOST, port)) == 0
+    assert wait_for(lambda: answers(rpc) and answers(metadata), 30), "master/metadata not up"
+    return {"MOONCAKE_MASTER": f"{PREFILL_HOST}:{rpc}", "MOONCAKE_PROTOCOL": "tcp",
+            "MOONCAKE_DEVICE": "", "MC_MS_AUTO_DISC": "0",
+            "MOONCAKE_TE_META_DATA_SERVER": f"http://{PREFILL_HOST}:{metadata}/metadata",
+            "MOONCAKE_GLOBAL_SEGMENT_SIZE": str(4 << 30)}
+
+
+def test_hicache_pages_go_through_the_mooncake_store(start, mooncake_services) -> None:
+    port = free_port()
+    server = start("hicache", ["--model-path", "m", "--host", PREFILL_HOST, "--port", str(port),
+                               "--hicache-storage-backend", "mooncake", "--hicache-ratio", "2"],
+                   HARNESS_SIM_MOONCAKE="required", **mooncake_services)
+    server.wait_for(READY, timeout=30)
+    info = HTTP.get(f"{server.url}/server_info", timeout=5).json()
+    assert info["hicache_store"] == "mooncake", server.text()
+    prompt = {"text": " ".join(f"word{i}" for i in range(300)), "sampling_params": {}}
+    first = post(f"{server.url}/generate", prompt)
+    assert first.status_code == 200 and first.json()["meta_info"]["cached_tokens"] == 0
+    assert HTTP.post(f"{server.url}/flush_cache", timeout=5).status_code == 200
+    again = post(f"{server.url}/generate", prompt)
+    assert again.status_code == 200, again.text
+    assert again.json()["meta_info"]["cached_tokens"] == 4 * 64  # 4 whole pages of 64 words
+    log = server.text()
+    assert "Mooncake store joined" in log
+    assert "MOONCAKE HICACHE pages_read=0 pages_written=4" in log
+    assert "MOONCAKE HICACHE pages_read=4 pages_written=0" in log

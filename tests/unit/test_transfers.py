@@ -105,3 +105,45 @@ def test_kv_size_and_its_knob() -> None:
     for bad in ("0", "-1", "1.5", "lots"):
         with pytest.raises(ValueError, match="HARNESS_SIM_KV_BYTES_PER_TOKEN"):
             kv_transfer.bytes_per_token({"HARNESS_SIM_KV_BYTES_PER_TOKEN": bad})
+
+
+def test_hicache_segment_size_knob() -> None:
+    from harness_sim import hicache
+    assert hicache._size(str(4 * 1024**3)) == 4 * 1024**3
+    assert hicache._size("8gb") == 8 << 30 and hicache._size("512MB") == 512 << 20
+    assert hicache._size("") == hicache._size("lots") == hicache.SEGMENT_CAP
+
+
+class FakeStore:
+    """A dict with MooncakeDistributedStore's put/get/is_exist shape (pure logic only)."""
+
+    def __init__(self) -> None:
+        self.pages: dict[str, bytes] = {}
+
+    def is_exist(self, key: str) -> int:
+        return int(key in self.pages)
+
+    def get(self, key: str) -> bytes:
+        return self.pages[key]
+
+    def put(self, key: str, data: bytes) -> int:
+        self.pages[key] = data
+        return 0
+
+
+def test_hicache_pages_come_back_checked() -> None:
+    from harness_sim import hicache
+    from harness_sim.kv_transfer import TransferError
+    store = FakeStore()
+    pages = hicache.PageStore(store, "m", set())
+    prompt = " ".join(f"w{i}" for i in range(200))  # 3 whole pages, 8 words left over
+    assert pages.visit(prompt) == 0 and len(store.pages) == 3
+    assert pages.visit(prompt) == 3 * hicache.PAGE_TOKENS
+    key = next(iter(store.pages))
+    store.pages[key] = b"x" + store.pages[key][1:]
+    with pytest.raises(TransferError, match="Mooncake store page .* differ"):
+        pages.visit(prompt)
+    corrupting = hicache.PageStore(FakeStore(), "m", {"corrupt"})
+    corrupting.visit(prompt)
+    with pytest.raises(TransferError):
+        corrupting.visit(prompt)

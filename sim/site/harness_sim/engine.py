@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ class Engine:
     kv: KvLedger = field(default_factory=KvLedger)  # a prefill: the KV it hands over, per room
     kv_sender: KvSender | None = None      # a prefill: writes KV through Mooncake
     kv_receiver: KvReceiver | None = None  # a decode: has it written, then verifies it
+    hicache: Any = None                    # hicache.PageStore: pages through Mooncake's store
+    hicache_missing: str = ""              # why not, when HARNESS_SIM_MOONCAKE=required
+    _request: threading.local = field(default_factory=threading.local)
     started: float = field(default_factory=time.time)
 
     @property
@@ -64,6 +68,8 @@ class Engine:
             "simulator": "harness_sim (Mooncake E2E harness), not SGLang",
             "role": self.args.role,
             "component": self.component,
+            "hicache_store": ("mooncake" if self.hicache is not None
+                              else self.hicache_missing or None),
             "max_total_num_tokens": 65536,
             "internal_states": [{"last_gen_throughput": 0.0, "avg_spec_accept_length": None}],
         })
@@ -83,6 +89,7 @@ class Engine:
         """Raise ApiError when this server must refuse: a fault, or broken PD/EPD wiring.
         Returns how to answer: wrongly when the KV this decode loads is bad."""
         self.refuse_if_failing()
+        self._visit_hicache(body)
         bad_kv = False
         if self.args.disaggregation_mode == "decode":
             bad_kv = self._check_bootstrap(body)
@@ -94,6 +101,23 @@ class Engine:
         if bad_kv or bad_embedding:
             return lambda _prompt: WRONG
         return self.answer
+
+    def _visit_hicache(self, body: Mapping[str, Any]) -> None:
+        """The request's cache pages through the Mooncake store; its cached tokens kept for
+        the answer (`cached_tokens`, what the HiCache payload reads after a flush)."""
+        self._request.cached_tokens = 0
+        if self.hicache_missing:
+            raise api.ApiError(500, f"Mooncake is required for --hicache-storage-backend "
+                               f"mooncake: {self.hicache_missing}", "InternalServerError")
+        if self.hicache is not None:
+            try:
+                self._request.cached_tokens = self.hicache.visit(request_prompt(body))
+            except TransferError as exc:
+                handoff.fail(exc, "HICACHE")
+                raise api.ApiError(500, str(exc), "InternalServerError") from None
+
+    def cached_tokens(self) -> int:
+        return getattr(self._request, "cached_tokens", 0)
 
     def _check_bootstrap(self, body: Mapping[str, Any]) -> bool:
         """Check the prefill this request names is live; True when it handed over bad KV."""
@@ -324,6 +348,8 @@ class EngineHandler(BaseHTTPRequestHandler):
         body = self._json_object(raw)
         answer = self.engine.check_generation(body, image=bool(body.get("image_data")))
         result = api.generate(body, answer)
+        for one in result if isinstance(result, list) else [result]:
+            one["meta_info"]["cached_tokens"] = self.engine.cached_tokens()
         if body.get("stream"):
             self._send_stream(result if isinstance(result, list) else [result])
         else:

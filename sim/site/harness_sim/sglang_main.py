@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from harness_sim import TOKENIZER_DIR, faults, gpu, hub, kv_transfer, mooncake
 from harness_sim.console import say
 from harness_sim.engine import Engine, EngineServer
-from harness_sim import handoff
+from harness_sim import handoff, hicache
 from harness_sim.serving import (
     TAG,
     Binding,
@@ -131,6 +131,12 @@ def _start_handoff(engine: Engine, environ: Mapping[str, str]) -> None:
     if send or receive:
         engine.kv_sender, engine.kv_receiver = handoff.start(
             environ, args.host, f"{args.host}:{args.port}", send=send, receive=receive)
+    if args.hicache_storage_backend == "mooncake":
+        engine.hicache, why = hicache.start(environ, args.host)
+        if why:
+            say(f"{TAG} {why}")
+            if mooncake.mode_of(environ) == "required":
+                engine.hicache_missing = why
 
 
 def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:
