@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 # KV (PD prefill -> decode) and EMBEDDING (EPD encoder -> prefill), as the receiver logs them
 RECEIVED = re.compile(r"MOONCAKE (?:KV|EMBEDDING) RECEIVED bytes=(\d+) transfer_s=([\d.]+) "
                       r".*verified=(\S+)")
+# a HiCache server's pages through Mooncake's store, one line per request
+HICACHE = re.compile(r"MOONCAKE HICACHE pages_read=\d+ pages_written=\d+ bytes=(\d+) "
+                     r"seconds=([\d.]+) .*verified=(\S+)")
 FAILED = re.compile(r"MOONCAKE (?:KV|EMBEDDING|HICACHE) FAILED: (.*)")
-LOADED = re.compile(r"(Mooncake (?:loaded:|NOT loaded|off) .*?)(?:; TransferEngine session|$)")
+LOADED = re.compile(r"(Mooncake (?:loaded:|NOT loaded|off |store ).*?)"
+                    r"(?:; TransferEngine session|$)")
 MAX_LOG_BYTES = 64 << 20  # a log this large is not a simulated server's
 
 
@@ -34,7 +38,8 @@ def figures(texts: Iterable[str]) -> dict[str, Any]:
     which: list[str] = []
     for text in texts:
         for line in text.splitlines():
-            if (match := RECEIVED.search(line)) and match.group(3) == "yes":
+            match = RECEIVED.search(line) or HICACHE.search(line)
+            if match and match.group(3) == "yes":
                 transfers += 1
                 total_bytes += int(match.group(1))
                 seconds += float(match.group(2))

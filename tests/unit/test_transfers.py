@@ -147,3 +147,15 @@ def test_hicache_pages_come_back_checked() -> None:
     corrupting.visit(prompt)
     with pytest.raises(TransferError):
         corrupting.visit(prompt)
+
+
+def test_figures_count_hicache_pages_and_the_store() -> None:
+    log = ("[harness-sim] Mooncake store joined: master 127.0.0.1:5, metadata http://m, "
+           "protocol tcp, segment 256 MiB (HiCache pages go through it)\n"
+           "[harness-sim] MOONCAKE HICACHE pages_read=0 pages_written=12 bytes=3145728 "
+           "seconds=0.020000 MiB/s=150.0 store=127.0.0.1:5 verified=yes\n"
+           "[harness-sim] MOONCAKE HICACHE pages_read=12 pages_written=0 bytes=3145728 "
+           "seconds=0.010000 MiB/s=300.0 store=127.0.0.1:5 verified=yes\n")
+    found = transfers.figures([log])
+    assert (found["transfers"], found["bytes"], found["MiB_per_s"]) == (2, 6 << 20, 200.0)
+    assert found["mooncake"][0].startswith("Mooncake store joined: master 127.0.0.1:5")
