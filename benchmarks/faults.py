@@ -91,7 +91,7 @@ class Row:
 def matrix_rows(only: list[str]) -> list[Row]:
     rows = []
     for component, fault in simknobs.acting_pairs():
-        if component in ("prefill", "decode", "encoder", "router", "payload"):
+        if component in ("prefill", "decode", "encoder", "router", "payload", "mooncake"):
             rows.append(Row(component, fault, "SGLANG"))
         if component in ("prefill", "decode", "proxy"):
             rows.append(Row(component, fault, "VLLM"))

@@ -144,6 +144,8 @@ class CaseContext:
                "HARNESS_SIM_STARTUP_S": str(self.settings.sim_startup_s),
                "HARNESS_SIM_FAULTS": self.settings.sim_faults,
                "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version,
+               "HARNESS_SIM_MOONCAKE": self.settings.effective_sim_mooncake.value,
+               "HARNESS_SIM_KV_BYTES_PER_TOKEN": str(self.settings.sim_kv_bytes_per_token),
                # the real sglang-router loads the tokenizer from the model_path workers report
                "HARNESS_SIM_MODEL_DIR": "auto",
                "HARNESS_MOONCAKE_MASTER": str(node.layout.sim_mooncake_master),

@@ -63,6 +63,7 @@ class CaseResult:
     cleanup_errors: list[str] = field(default_factory=list)
     log_tail: str = ""
     group: str = ""   # SGLANG or VLLM: the JUnit testsuite the case belongs to
+    mooncake: dict | None = None  # simulated runs: what Mooncake moved (harness/transfers.py)
 
     @property
     def passed(self) -> bool:

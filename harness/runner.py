@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from harness import cases as case_registry
-from harness import environment
+from harness import environment, transfers
 from harness.cases import Case, CaseContext
 from harness.environment import Environment
 from harness.errors import HarnessError, Interrupted, SettingsError
@@ -153,6 +153,8 @@ def _run_case(run: Run, case: Case) -> None:
         _record_failure(result, HarnessError(f"internal error: {exc!r}"))
     finally:
         result.duration_s = time.monotonic() - start
+        if run.settings.harness_sim:
+            _note_transfers(run, result)
         if result.reason or result.status is Status.PASS:
             result.ended = time.time()
             write_case_result(run.layout, result)
@@ -189,6 +191,15 @@ def _stop_for_keep(run: Run) -> None:
         alive = None
     run.kept_text = reach_text(run.settings, run.env.nodes, kept, alive=alive)
     log.debug("%s", run.kept_text)  # the console gets it last, after the summary
+
+
+def _note_transfers(run: Run, result: CaseResult) -> None:
+    """What Mooncake moved between the simulated engines; a failure's reason names it."""
+    result.mooncake = transfers.summarise(result.case,
+                                          Path(str(run.layout.case_logs(result.case))))
+    first = (result.mooncake or {}).get("first_failure")
+    if first and result.reason and "Mooncake" not in result.reason:
+        result.reason += f"; Mooncake: {first}"
 
 
 def _collect_logs(run: Run, case: str) -> None:

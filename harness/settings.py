@@ -44,6 +44,12 @@ class RemoteVia(str, enum.Enum):
     LOCAL = "local"
 
 
+class SimMooncake(str, enum.Enum):
+    AUTO = "auto"
+    REQUIRED = "required"
+    OFF = "off"
+
+
 def _s(env: str, default: Any, help: str, *, secret: bool = False,
        aliases: tuple[str, ...] = ()) -> Any:
     """A setting: read from `env` (or the first of `aliases` that is set)."""
@@ -142,6 +148,14 @@ class Settings:
     sim_vllm_version: str = _s("HARNESS_SIM_VLLM_VERSION", "0.17.0",
                                "vLLM version the simulator reports")
     sim_faults: str = _s("HARNESS_SIM_FAULTS", "", "comma list of component:fault (sim only)")
+    sim_mooncake: SimMooncake = _s(
+        "HARNESS_SIM_MOONCAKE", SimMooncake.AUTO,
+        "simulated engines move real bytes through Mooncake: auto (when it loads, else said "
+        "with the install line), required (also whenever MOONCAKE_WHEEL or a mooncake fault "
+        "is set) or off")
+    sim_kv_bytes_per_token: int = _s("HARNESS_SIM_KV_BYTES_PER_TOKEN", 57344,
+                                     "KV bytes a simulated prefill sends per prompt token "
+                                     "(Qwen2.5-7B bf16; at least 64 tokens a request)")
     # --- timeouts (seconds; each a finite number > 0) ----------------------------------------
     timeout_server_ready_s: float = _s("TIMEOUT_SERVER_READY_S", 240.0,
                                        "wait for a server's ready line")
@@ -204,11 +218,17 @@ class Settings:
                                     "faults are played by the simulator only")
             from harness import simknobs
             simknobs.check_faults(self.sim_faults, self.sim_vllm_version)
+            if self._mooncake_faults() and self.sim_mooncake is SimMooncake.OFF:
+                raise SettingsError("HARNESS_SIM_FAULTS has a mooncake fault but "
+                                    "HARNESS_SIM_MOONCAKE is off: nothing would move to break")
         for f in fields(self):
             if f.metadata["env"].startswith("TIMEOUT_"):
                 _require_seconds(f.metadata["env"], getattr(self, f.name), minimum_ok=False)
         _require_seconds("HARNESS_SIM_STARTUP_S", self.sim_startup_s, minimum_ok=True)
         _require_seconds("PROGRESS_EVERY_S", self.progress_every_s, minimum_ok=False)
+        if not 1 <= self.sim_kv_bytes_per_token <= 1 << 22:
+            raise SettingsError(f"bad value for HARNESS_SIM_KV_BYTES_PER_TOKEN: "
+                                f"{self.sim_kv_bytes_per_token} (accepted: 1 to 4194304 bytes)")
         if not 1 <= self.remote_ssh_port <= 65535:
             raise SettingsError(f"bad value for REMOTE_SSH_PORT: {self.remote_ssh_port} "
                                 "(accepted: a TCP port, 1-65535)")
@@ -228,6 +248,18 @@ class Settings:
         if given is not None:
             changed._remember_given({**dict.fromkeys(given), **changes})
         return changed
+
+    def _mooncake_faults(self) -> bool:
+        return any(item.strip().startswith("mooncake:") for item in self.sim_faults.split(","))
+
+    @property
+    def effective_sim_mooncake(self) -> SimMooncake:
+        """HARNESS_SIM_MOONCAKE as the engines get it: a wheel under test (MOONCAKE_WHEEL) makes
+        `auto` `required`, so a pre-flight never passes without moving bytes through it."""
+        if self.sim_mooncake is SimMooncake.AUTO and (self.mooncake_wheel.strip()
+                                                      or self._mooncake_faults()):
+            return SimMooncake.REQUIRED
+        return self.sim_mooncake
 
     @property
     def remote_container(self) -> str:
@@ -315,7 +347,7 @@ def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float, "list": list,
           "ImagePull": ImagePull, "HostKeyPolicy": HostKeyPolicy, "Runtime": Runtime,
-          "RemoteVia": RemoteVia}
+          "RemoteVia": RemoteVia, "SimMooncake": SimMooncake}
 
 
 def _format(value: Any) -> str:

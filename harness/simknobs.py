@@ -11,23 +11,29 @@ from packaging.version import InvalidVersion, Version
 
 from harness.errors import SettingsError
 
-COMPONENTS = ("prefill", "decode", "encoder", "router", "proxy", "payload")
-FAULTS = ("crash", "hang", "die-after-ready", "wrong-answer", "http-500", "gpu-leak")
+COMPONENTS = ("prefill", "decode", "encoder", "router", "proxy", "payload", "mooncake")
+SERVER_FAULTS = ("crash", "hang", "die-after-ready", "wrong-answer", "http-500", "gpu-leak")
+FAULTS = (*SERVER_FAULTS, "corrupt", "refuse")
 
 # component -> the faults that act on it, and why the others cannot.
 ACTING: dict[str, tuple[str, ...]] = {
-    "prefill": FAULTS,   # simulated SGLang/vLLM servers play every fault
-    "decode": FAULTS,
-    "encoder": FAULTS,
+    "prefill": SERVER_FAULTS,   # simulated SGLang/vLLM servers play every server fault
+    "decode": SERVER_FAULTS,
+    "encoder": SERVER_FAULTS,
     "router": ("crash", "hang", "die-after-ready"),
     "proxy": ("crash", "hang", "die-after-ready", "wrong-answer", "http-500"),
-    "payload": FAULTS,   # the payload plays crash/hang, the servers it starts the rest
+    "payload": SERVER_FAULTS,   # the payload plays crash/hang, the servers it starts the rest
+    "mooncake": ("corrupt", "refuse"),  # played on the KV a simulated prefill sends
 }
 WHY_NOT = {
     "router": "the router is the real sglang-router: harness_sim.router can keep it from "
               "starting, stall it or end it once ready, not change its answers, and it holds "
               "no GPU memory",
     "proxy": "a vLLM proxy holds no GPU memory",
+    "mooncake": "the transfer faults are mooncake:corrupt and mooncake:refuse",
+    **dict.fromkeys(("prefill", "decode", "encoder", "payload"),
+                    "corrupt and refuse are Mooncake transfer faults: mooncake:corrupt, "
+                    "mooncake:refuse"),
 }
 # vLLM before this runs the project's own proxy (real code): only the launcher's faults act.
 # PEP 440, as the vLLM case compares (0.16.0rc1 is before it); a unit test keeps them equal.

@@ -164,7 +164,7 @@ download_wheels() {
         fi
         # Download into .partial (pip skips files already there, so an interrupted run
         # resumes), then move it into place in one step.
-        say "wheels: pip download into $partial (the Mooncake wheel is about 100 MB)"
+        say "wheels: pip download into $partial (the Mooncake wheel is about 50 MB)"
         mkdir -p "$partial"
         local log="$HARNESS_CACHE/pip-download.log"
         python3 -m pip download --disable-pip-version-check --progress-bar off \
@@ -175,9 +175,9 @@ download_wheels() {
         say "wheels: $(find "$WHEEL_DIR" -name '*.whl' | wc -l) wheels in $WHEEL_DIR"
     fi
 
-    local found=("$WHEEL_DIR"/mooncake_transfer_engine-*.whl)
+    local found=("$WHEEL_DIR"/mooncake_transfer_engine_non_cuda-*.whl)
     [[ ${#found[@]} -eq 1 && -f "${found[0]}" ]] \
-        || die "expected exactly one mooncake_transfer_engine wheel in $WHEEL_DIR, found: ${found[*]}"
+        || die "expected exactly one mooncake_transfer_engine_non_cuda wheel in $WHEEL_DIR, found: ${found[*]}"
     # A directory holding exactly this one wheel: what the tests use as MOONCAKE_WHEEL.
     local name
     name="$(basename "${found[0]}")"
@@ -274,7 +274,7 @@ build_image() {
     # Keep the dependency wheels (not the big Mooncake/router wheels themselves) in the
     # image, so a later `pip install <mooncake wheel>` resolves its dependencies offline.
     mkdir -p "$root/opt/wheels"
-    find "$root/tmp/wheels" -name '*.whl' ! -name 'mooncake_transfer_engine-*' \
+    find "$root/tmp/wheels" -name '*.whl' ! -name 'mooncake_transfer_engine*' \
         ! -name 'sglang_router-*' -exec mv -t "$root/opt/wheels" {} +
     install -m 0644 "$IMAGE_PIP_CONF" "$root/opt/venv/pip.conf"
     rm -rf "$root/tmp/wheels" "$root/tmp/requirements.txt" "$root"/var/lib/apt/lists/* \
@@ -301,7 +301,7 @@ build_image() {
 # shellcheck disable=SC2016  # expanded by the container's bash, not here
 readonly IMAGE_CHECK='
 set -euo pipefail
-python3 -c "import sglang_router, requests, pytest, mooncake"
+python3 -c "import sglang_router, requests, pytest, mooncake.engine"
 for tool in bash ps kill setsid pip mooncake_master mooncake_http_metadata_server; do
     command -v "$tool" >/dev/null || { echo "missing in image: $tool" >&2; exit 1; }
 done
@@ -323,7 +323,7 @@ grep -q "Master service started" /tmp/master.log || { cat /tmp/master.log >&2; e
 kill "$pid"; wait "$pid" || true
 echo "python $(python3 -c "import sys; print(sys.version.split()[0])")," \
      "sglang-router $(pip show sglang-router | sed -n "s/^Version: //p")," \
-     "mooncake-transfer-engine $(pip show mooncake-transfer-engine | sed -n "s/^Version: //p")"
+     "mooncake-transfer-engine-non-cuda $(pip show mooncake-transfer-engine-non-cuda | sed -n "s/^Version: //p")"
 '
 
 ensure_image() {

@@ -52,6 +52,11 @@ def test_sglang_group_on_docker_over_ssh(project, cluster_env, docker_client, tm
          "test_hicache_storage_mooncake_backend", "test_moe_mooncake"], "Pass")
     remote_log = project / "run/logs/test_1p1d_erdma/Qwen__Qwen3-8B/sglang_server_remote.log"
     assert "ready to roll" in remote_log.read_text()
+    # The KV crossed between the two containers through the image's Mooncake (CPU build),
+    # checked by the decode: local prefill 127.0.0.1 -> remote decode 127.0.0.2.
+    pd = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
+    assert pd["mooncake"]["transfers"] >= 1 and pd["mooncake"]["failures"] == 0, pd["mooncake"]
+    assert "from=127.0.0.1:" in remote_log.read_text() and "to=127.0.0.2:" in remote_log.read_text()
     # the remote copy got a .shrc whose paths point at the remote dir, and no token
     shrc = (tmp_path / "remote-host/project/run/.shrc").read_text()
     assert f"BASE_DIR={tmp_path / 'remote-host/project'}" in shrc

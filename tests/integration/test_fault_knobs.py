@@ -43,6 +43,8 @@ def target(component: str, fault: str) -> tuple[str, str, str]:
     if component == "payload":
         phrase = "still running after" if fault == "hang" else PAYLOAD_FAILED
         return MOE, CONNECTOR_PROXY, phrase
+    if component == "mooncake":  # the PD decode's check of the KV it received
+        return PD, CONNECTOR_PROXY, "Mooncake"
     if component == "proxy":
         return VLLM, CONNECTOR_PROXY, ANSWER_CHECK if fault == "wrong-answer" else ""
     if component == "encoder" or fault == "wrong-answer":

@@ -134,12 +134,15 @@ def test_normal_server_api_and_sigterm(start) -> None:
 
 
 def test_pd_pair_checks_the_bootstrap_wiring(start) -> None:
+    """The wiring alone (no Mooncake: test_sim_mooncake.py moves the bytes)."""
     prefill_port, bootstrap_port, decode_port = free_port(), free_port(), free_port()
     prefill = start("prefill", ["--model-path", "m", "--disaggregation-mode", "prefill",
                                 "--host", HOST, "--port", str(prefill_port),
-                                "--disaggregation-bootstrap-port", str(bootstrap_port)])
+                                "--disaggregation-bootstrap-port", str(bootstrap_port)],
+                    HARNESS_SIM_MOONCAKE="off")
     decode = start("decode", ["--model-path", "m", "--disaggregation-mode", "decode",
-                              "--host", HOST, "--port", str(decode_port)])
+                              "--host", HOST, "--port", str(decode_port)],
+                   HARNESS_SIM_MOONCAKE="off")
     prefill.wait_for(READY)
     decode.wait_for(READY)
     identity = HTTP.get(f"http://{HOST}:{bootstrap_port}/health", timeout=5)

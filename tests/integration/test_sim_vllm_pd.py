@@ -154,6 +154,10 @@ def test_sim_mooncake_proxy_waits_for_the_prefill_then_routes(start: Start) -> N
     assert HTTP.get(f"{url}/health", timeout=5).status_code == 404  # it has no health route
     assert "prefilled xfer-" in pair.prefill.text()
     assert f"from kv_producer {REMOTE}:{pair.bootstrap_port}" in pair.decode.text()
+    # Each of the three requests' KV moved through Mooncake, producer -> consumer, verified.
+    moved = re.findall(rf"MOONCAKE KV RECEIVED bytes=(\d+) .* from={REMOTE}:\d+ "
+                       rf"to={LOCAL}:\d+ room=xfer-\S+ .*verified=yes", pair.decode.text())
+    assert len(moved) == 3 and all(int(size) >= 64 * 57344 for size in moved), pair.decode.text()
 
     for server in (pair.prefill_url, pair.decode_url):
         assert HTTP.get(f"{server}/health", timeout=5).status_code == 200

@@ -88,7 +88,7 @@ def test_hicache_passes_with_the_real_wheel_installed(project, container_name, t
     assert result(project, case) == "Pass"
     log = (project / f"run/logs/{case}/{case}.log").read_text()
     assert "passed" in log
-    assert list((project / "run/whls").glob("mooncake_transfer_engine-*.whl"))
+    assert list((project / "run/whls").glob("mooncake_transfer_engine*.whl"))
     assert summary(project, case)["steps_s"]["run payload"] > 0
     assert_stopped_not_removed(docker_client, container_name)
     assert not no_process_under(project)

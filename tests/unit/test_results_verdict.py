@@ -51,7 +51,7 @@ def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
     assert summary["ended"] == "2025-12-08T12:50:20Z"
     assert set(summary) == {"case", "status", "reason", "step", "host", "server", "started",
                             "ended", "duration_s", "steps_s", "models", "cleanup_errors",
-                            "log_tail", "group"}
+                            "log_tail", "group", "mooncake"}
 
 
 @pytest.fixture

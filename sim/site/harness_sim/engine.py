@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -9,11 +10,14 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import __version__, api, faults, images
+from harness_sim import __version__, api, embedding, faults, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
+from harness_sim import handoff
+from harness_sim.handoff import KvReceiver, KvSender
+from harness_sim.kv_transfer import TransferError, request_prompt
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
-from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url, post_json,
+from harness_sim.wiring import (KvLedger, QuietHTTPServer, handed_over_kv, http_url,
                                 probe_bootstrap)
 
 MAX_BODY = 64 * 1024 * 1024  # a base64 photo is a few MB; anything larger is a mistake
@@ -29,6 +33,11 @@ class Engine:
     component: str | None = None
     encoder_url: str | None = None  # the live encoder of a language-only prefill
     kv: KvLedger = field(default_factory=KvLedger)  # a prefill: the KV it hands over, per room
+    kv_sender: KvSender | None = None      # a prefill: writes KV through Mooncake
+    kv_receiver: KvReceiver | None = None  # a decode: has it written, then verifies it
+    hicache: Any = None                    # hicache.PageStore: pages through Mooncake's store
+    hicache_missing: str = ""              # why not, when HARNESS_SIM_MOONCAKE=required
+    _request: threading.local = field(default_factory=threading.local)
     started: float = field(default_factory=time.time)
 
     @property
@@ -59,6 +68,8 @@ class Engine:
             "simulator": "harness_sim (Mooncake E2E harness), not SGLang",
             "role": self.args.role,
             "component": self.component,
+            "hicache_store": ("mooncake" if self.hicache is not None
+                              else self.hicache_missing or None),
             "max_total_num_tokens": 65536,
             "internal_states": [{"last_gen_throughput": 0.0, "avg_spec_accept_length": None}],
         })
@@ -78,15 +89,35 @@ class Engine:
         """Raise ApiError when this server must refuse: a fault, or broken PD/EPD wiring.
         Returns how to answer: wrongly when the KV this decode loads is bad."""
         self.refuse_if_failing()
+        self._visit_hicache(body)
         bad_kv = False
         if self.args.disaggregation_mode == "decode":
             bad_kv = self._check_bootstrap(body)
         bad_embedding = bool(image and self.encoder_url) and not self._encode(body)
         if self.args.disaggregation_mode == "prefill":
             self.kv.record(body.get("bootstrap_room"), bad=bad_embedding)
+            if self.kv_sender is not None:
+                self.kv_sender.prompts.record(body.get("bootstrap_room"), request_prompt(body))
         if bad_kv or bad_embedding:
             return lambda _prompt: WRONG
         return self.answer
+
+    def _visit_hicache(self, body: Mapping[str, Any]) -> None:
+        """The request's cache pages through the Mooncake store; its cached tokens kept for
+        the answer (`cached_tokens`, what the HiCache payload reads after a flush)."""
+        self._request.cached_tokens = 0
+        if self.hicache_missing:
+            raise api.ApiError(500, f"Mooncake is required for --hicache-storage-backend "
+                               f"mooncake: {self.hicache_missing}", "InternalServerError")
+        if self.hicache is not None:
+            try:
+                self._request.cached_tokens = self.hicache.visit(request_prompt(body))
+            except TransferError as exc:
+                handoff.fail(exc, "HICACHE")
+                raise api.ApiError(500, str(exc), "InternalServerError") from None
+
+    def cached_tokens(self) -> int:
+        return getattr(self._request, "cached_tokens", 0)
 
     def _check_bootstrap(self, body: Mapping[str, Any]) -> bool:
         """Check the prefill this request names is live; True when it handed over bad KV."""
@@ -111,6 +142,14 @@ class Engine:
             say(f"[harness-sim] prefill bootstrap {host}:{port_number} is live "
                 f"(bootstrap_room {rooms})")
         room = rooms[0] if isinstance(rooms, list) and rooms else rooms
+        if self.kv_receiver is not None:
+            host, port = host_list[0], port_list[0]
+            try:
+                self.kv_receiver.fetch(str(host), DEFAULT_BOOTSTRAP_PORT if port is None
+                                       else int(port), room, request_prompt(body))
+            except TransferError as exc:
+                handoff.fail(exc)
+                raise api.ApiError(500, str(exc), "InternalServerError") from None
         bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
                                  room) == "bad"
                   for host, port in set(zip(map(str, host_list), port_list, strict=False)))
@@ -123,21 +162,12 @@ class Engine:
         """Ask the encoder to embed this request's image; False when its embedding is wrong."""
         assert self.encoder_url
         url = f"{self.encoder_url}/encode"
-        try:
-            status, answer = post_json(url, {"rid": body.get("rid"), "simulated": True,
-                                             "images": images.image_urls(body)})
-        except OSError as exc:
-            raise api.ApiError(500, f"encoder {url} unreachable: {getattr(exc, 'reason', exc)}",
-                               "InternalServerError") from None
-        if status != 200:
-            detail = answer.get("message", answer) if isinstance(answer, dict) else answer
-            raise api.ApiError(500, f"encoder {url} answered HTTP {status}: {detail}",
-                               "InternalServerError")
-        if isinstance(answer, dict):
-            say(f"[harness-sim] encoder {url} embedded {answer.get('image_tokens')} image "
-                f"tokens (embedding {answer.get('embedding_shape')}, "
-                f"{answer.get('embedding_bytes')} bytes to move)")
-        return not (isinstance(answer, dict) and answer.get("embedding_ok") is False)
+        answer = embedding.fetch(self.kv_receiver, url, {
+            "rid": body.get("rid"), "simulated": True, "images": images.image_urls(body)})
+        say(f"[harness-sim] encoder {url} embedded {answer.get('image_tokens')} image "
+            f"tokens (embedding {answer.get('embedding_shape')}, "
+            f"{answer.get('embedding_bytes')} bytes to move)")
+        return answer.get("embedding_ok") is not False
 
     def encode(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """The encoder-only server's /encode: a small made-up embedding handle."""
@@ -154,9 +184,9 @@ class Engine:
         say(f"[harness-sim] encode {sizes}: {tokens} image tokens, embedding {shape}")
         return {"simulated": True, "rid": body.get("rid"), "images": seen,
                 "image_tokens": tokens, "embedding_shape": shape,
-                "embedding_bytes": tokens * images.HIDDEN_SIZE * images.BYTES_PER_VALUE,
+                "embedding_bytes": embedding.embedding_bytes(seen),
                 "transfer_backend": self.args.encoder_transfer_backend,
-                "embedding_ok": not wrong}
+                "embedding_ok": not wrong, **embedding.send(self.kv_sender, dict(body))}
 
 
 # Routes: (method, path) -> handler method name. Encoder-only servers serve only a subset.
@@ -318,6 +348,8 @@ class EngineHandler(BaseHTTPRequestHandler):
         body = self._json_object(raw)
         answer = self.engine.check_generation(body, image=bool(body.get("image_data")))
         result = api.generate(body, answer)
+        for one in result if isinstance(result, list) else [result]:
+            one["meta_info"]["cached_tokens"] = self.engine.cached_tokens()
         if body.get("stream"):
             self._send_stream(result if isinstance(result, list) else [result])
         else:

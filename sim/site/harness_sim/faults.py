@@ -22,7 +22,8 @@ from collections.abc import Mapping
 FAULTS_ENV = "HARNESS_SIM_FAULTS"
 COMPONENT_ENV = "HARNESS_SIM_COMPONENT"
 
-COMPONENTS: tuple[str, ...] = ("prefill", "decode", "encoder", "router", "proxy", "payload")
+COMPONENTS: tuple[str, ...] = ("prefill", "decode", "encoder", "router", "proxy", "payload",
+                               "mooncake")
 FAULTS: tuple[str, ...] = (
     "crash",            # exit 1 before ready
     "hang",             # never ready (but still stops on SIGTERM)
@@ -30,10 +31,12 @@ FAULTS: tuple[str, ...] = (
     "wrong-answer",     # answer without the right content
     "http-500",         # healthy, but generation requests answer HTTP 500
     "gpu-leak",         # the host reset later finds GPU memory held (not the engine's business)
+    "corrupt",          # mooncake: the KV written through Mooncake arrives with wrong bytes
+    "refuse",           # mooncake: the transfer fails inside Mooncake (its handshake refused)
 )
 
 # The pairs that act, and who plays them. Everything else is refused.
-_SERVER_FAULTS = FAULTS  # a simulated SGLang or vLLM server plays every fault
+_SERVER_FAULTS = FAULTS[:6]  # a simulated SGLang or vLLM server plays every server fault
 ACTING: dict[str, tuple[str, ...]] = {
     "prefill": _SERVER_FAULTS,
     "decode": _SERVER_FAULTS,
@@ -49,6 +52,9 @@ ACTING: dict[str, tuple[str, ...]] = {
     # The payload process plays crash and hang (sglang.test.test_utils on import); the servers
     # it starts for itself play the rest (they get HARNESS_SIM_COMPONENT=payload).
     "payload": _SERVER_FAULTS,
+    # Every simulated server that sends KV through Mooncake (a PD prefill) plays these on its
+    # transfers, whatever its own component; the receiver must notice.
+    "mooncake": ("corrupt", "refuse"),
 }
 OWN_PROXY_ACTING: tuple[str, ...] = ("crash", "hang", "die-after-ready")
 PAYLOAD_SERVER_FAULTS: tuple[str, ...] = ("die-after-ready", "wrong-answer", "http-500",

@@ -12,9 +12,10 @@ import os
 import sys
 from collections.abc import Mapping
 
-from harness_sim import TOKENIZER_DIR, faults, gpu, hub
+from harness_sim import TOKENIZER_DIR, faults, gpu, hub, kv_transfer, mooncake
 from harness_sim.console import say
 from harness_sim.engine import Engine, EngineServer
+from harness_sim import handoff, hicache
 from harness_sim.serving import (
     TAG,
     Binding,
@@ -71,7 +72,8 @@ def _bindings(engine: Engine) -> list[Binding]:
     if args.disaggregation_mode == "prefill":
         bindings.append((f"bootstrap port {args.host}:{args.disaggregation_bootstrap_port}",
                          lambda: BootstrapServer(args.host, args.disaggregation_bootstrap_port,
-                                                 args.port, engine.model_path, engine.kv)))
+                                                 args.port, engine.model_path, engine.kv,
+                                                 engine.kv_sender)))
     bindings.append((f"HTTP port {args.host}:{args.port}", lambda: EngineServer(engine)))
     return bindings
 
@@ -94,6 +96,8 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         encoder_wait_s = seconds_knob(environ, ENCODER_WAIT_ENV, DEFAULT_ENCODER_WAIT_S)
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
+        mooncake.mode_of(environ)
+        kv_transfer.bytes_per_token(environ)
         gpu.hold(args, active, component, environ)  # simulated GPU memory, released at exit
     except ValueError as exc:
         return usage_error(exc)
@@ -112,7 +116,27 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     stopped = load_model(stopper, startup_s, active, component)
     if stopped is not None:
         return stopped
+    _start_handoff(engine, environ)
     return _run_bound(engine, stopper, encoder_wait_s)
+
+
+def _start_handoff(engine: Engine, environ: Mapping[str, str]) -> None:
+    """A server that hands KV or embeddings over starts its Mooncake TransferEngine (or says
+    why it has none)."""
+    args = engine.args
+    send = args.disaggregation_mode == "prefill" or args.encoder_only
+    # a decode receives KV, a language-only prefill its encoder's embeddings
+    receive = args.disaggregation_mode == "decode" or bool(args.language_only
+                                                           and args.encoder_urls)
+    if send or receive:
+        engine.kv_sender, engine.kv_receiver = handoff.start(
+            environ, args.host, f"{args.host}:{args.port}", send=send, receive=receive)
+    if args.hicache_storage_backend == "mooncake":
+        engine.hicache, why = hicache.start(environ, args.host)
+        if why:
+            say(f"{TAG} {why}")
+            if mooncake.mode_of(environ) == "required":
+                engine.hicache_missing = why
 
 
 def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:

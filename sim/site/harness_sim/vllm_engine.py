@@ -21,6 +21,7 @@ A `wrong-answer` producer hands over "bad KV": the decode that loads it answers 
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 import urllib.parse
@@ -31,10 +32,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import api, faults
+from harness_sim import api, faults, handoff
 from harness_sim.answers import WRONG, answer_text, count_tokens, prompt_from_messages
 from harness_sim.console import say
 from harness_sim.engine import EngineHandler, EngineServer
+from harness_sim.kv_transfer import TRANSFER_PATH, TransferError
 from harness_sim.vllm_args import VllmArgs
 from harness_sim.wiring import PROBE_TIMEOUT_S, QuietHTTPServer, get_json, http_url, send_json
 
@@ -134,6 +136,8 @@ class VllmEngine:
     engine_id: str = field(default_factory=lambda: f"sim-{uuid.uuid4()}")
     bootstrap_port: int | None = None          # set once the producer's side channel is bound
     transfers: TransferBook = field(default_factory=TransferBook)
+    kv_sender: handoff.KvSender | None = None      # a producer: writes KV through Mooncake
+    kv_receiver: handoff.KvReceiver | None = None  # a consumer: has it written, verifies it
 
     @property
     def served_model(self) -> str:
@@ -190,6 +194,7 @@ class VllmEngine:
                                    "the proxy's --decode pointing at the prefill server?",
                                    "InternalServerError")
             transfer = self._check_remote_prefill(params)
+            self._receive_kv(params, prompt)
             return (wrong_answer if transfer.get("wrong") else answer), None
         if self.args.kv_role == "kv_consumer":
             raise api.ApiError(500, "kv_consumer got a request without kv_transfer_params."
@@ -202,6 +207,8 @@ class VllmEngine:
         transfer_id = str(params.get("transfer_id") or f"xfer-{uuid.uuid4()}")
         transfer = self.transfers.record(transfer_id, count_tokens(prompt),
                                          wrong="wrong-answer" in self.faults)
+        if self.kv_sender is not None:
+            self.kv_sender.prompts.record(transfer_id, prompt)
         say(f"[harness-sim] prefilled {transfer_id} for a remote decode "
             f"({len(transfer.block_ids)} KV blocks held)")
         return {"do_remote_prefill": True, "do_remote_decode": False,
@@ -209,6 +216,17 @@ class VllmEngine:
                 "remote_host": advertised_host(self.args.host),
                 "remote_port": self.bootstrap_port, "transfer_id": transfer_id,
                 "tp_size": self.args.tensor_parallel_size}
+
+    def _receive_kv(self, params: Mapping[str, Any], prompt: str) -> None:
+        """The transfer's KV moves through Mooncake into this consumer, checked byte by byte."""
+        if self.kv_receiver is None:
+            return
+        host, port = producer_address(params)
+        try:
+            self.kv_receiver.fetch(host, port, params.get("transfer_id"), prompt)
+        except TransferError as exc:
+            handoff.fail(exc)
+            raise api.ApiError(500, str(exc), "InternalServerError") from None
 
     def _check_remote_prefill(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """The producer that `params` names is live, is who it says, and prefilled this."""
@@ -279,6 +297,20 @@ class _BootstrapHandler(BaseHTTPRequestHandler):
         else:
             status, body = 404, api.error_body(404, f"Not Found: {path}", "NotFoundError")
         send_json(self, status, body)
+
+    def do_POST(self) -> None:
+        """POST /kv/transfer: a consumer asks for a transfer's KV (handoff.KvSender)."""
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        sender = self.server.engine.kv_sender
+        if self.path != TRANSFER_PATH or sender is None:
+            status, answer = 404, api.error_body(404, f"Not Found: {self.path}", "NotFoundError")
+        else:
+            try:
+                body = json.loads(raw or b"null")
+            except ValueError:
+                body = None
+            status, answer = sender.handle(body if isinstance(body, dict) else {})
+        send_json(self, status, answer)
 
     def log_message(self, format: str, *args: Any) -> None:
         say(f"INFO:     [mooncake-bootstrap] {self.client_address[0]} - {format % args}")

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Mapping
 
-from harness_sim import TOKENIZER_DIR, faults, gpu
+from harness_sim import TOKENIZER_DIR, faults, gpu, handoff, kv_transfer, mooncake
 from harness_sim.console import say
 from harness_sim.serving import (
     TAG,
@@ -31,7 +31,8 @@ from harness_sim.serving import (
 )
 from harness_sim.sglang_main import MODEL_DIR_ENV, STARTUP_COMPLETE_LINE, STARTUP_ENV, seconds_knob
 from harness_sim.vllm_args import VllmArgs, parse_vllm_args
-from harness_sim.vllm_engine import DEFAULT_BOOTSTRAP_PORT, BootstrapServer, VllmEngine, VllmServer
+from harness_sim.vllm_engine import (DEFAULT_BOOTSTRAP_PORT, BootstrapServer, VllmEngine,
+                                     VllmServer, advertised_host)
 
 VERSION_ENV = "HARNESS_SIM_VLLM_VERSION"
 DEFAULT_VERSION = "0.17.0"
@@ -119,6 +120,8 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
         startup_s = seconds_knob(environ, STARTUP_ENV, 0.5)
         version = version_knob(environ)
         bootstrap_port = bootstrap_port_knob(environ)
+        mooncake.mode_of(environ)
+        kv_transfer.bytes_per_token(environ)
         component = faults.own_component(environ)
         active = faults.active_faults(component, environ=environ)
         # simulated GPU memory, taken before the "model load" as vLLM does; released at exit
@@ -140,6 +143,11 @@ def run(argv: list[str], environ: Mapping[str, str]) -> int:
     stopped = load_model(stopper, startup_s, active, component)
     if stopped is not None:
         return stopped
+    if args.kv_role is not None:
+        host = advertised_host(args.host)
+        engine.kv_sender, engine.kv_receiver = handoff.start(
+            environ, host, f"{host}:{args.port}", send=engine.is_producer,
+            receive=engine.is_consumer)
     servers = bind(_bindings(engine, bootstrap_port))
     if servers is None:
         return faults.EXIT_CRASH

@@ -145,6 +145,21 @@ class _BootstrapHandler(BaseHTTPRequestHandler):
                                  "type": "NotFoundError", "param": None, "code": 404}
         send_json(self, status, body)
 
+    def do_POST(self) -> None:
+        """POST /kv/transfer: a decode asks for a room's KV (harness_sim.handoff.KvSender)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except ValueError:
+            body = None
+        sender = self.server.kv_sender
+        if self.path != "/kv/transfer" or sender is None:
+            status, answer = 404, {"object": "error", "message": f"Not Found: {self.path}",
+                                   "type": "NotFoundError", "param": None, "code": 404}
+        else:
+            status, answer = sender.handle(body if isinstance(body, dict) else {})
+        send_json(self, status, answer)
+
     def log_message(self, format: str, *args: Any) -> None:
         say(f"INFO:     [bootstrap] {self.client_address[0]} - {format % args}")
 
@@ -153,9 +168,10 @@ class BootstrapServer(QuietHTTPServer):
     """The simulated prefill's disaggregation bootstrap server (GET /health identifies it)."""
 
     def __init__(self, host: str, port: int, http_port: int, model_path: str,
-                 kv: KvLedger | None = None) -> None:
+                 kv: KvLedger | None = None, kv_sender: Any = None) -> None:
         super().__init__(host, port, _BootstrapHandler)
         self.kv = kv or KvLedger()
+        self.kv_sender = kv_sender  # harness_sim.handoff.KvSender: real KV transfers
         self.identity = {"status": "ok", "role": BOOTSTRAP_ROLE, "simulated": True,
                          "bootstrap_port": self.server_port, "http_port": http_port,
                          "model_path": model_path}
