@@ -65,10 +65,11 @@ def test_image(docker_client) -> str:
 
 @pytest.fixture(scope="session")
 def mooncake_wheel() -> Path:
-    """The real Mooncake wheel downloaded by tests/provision.sh."""
-    found = sorted(glob.glob(str(WHEEL_CACHE / "mooncake_transfer_engine-*.whl")))
+    """The real Mooncake wheel downloaded by tests/provision.sh (its CPU build: the CUDA one
+    cannot import mooncake.engine without a driver)."""
+    found = sorted(glob.glob(str(WHEEL_CACHE / "mooncake_transfer_engine*.whl")))
     if not found:
-        missing(f"no mooncake_transfer_engine wheel in {WHEEL_CACHE}")
+        missing(f"no mooncake_transfer_engine(_non_cuda) wheel in {WHEEL_CACHE}")
     return Path(found[-1])
 
 

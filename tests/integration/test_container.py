@@ -237,10 +237,11 @@ def test_install_python_packages_offline(made, docker_client, mooncake_wheel):
     shutil.copy(mooncake_wheel, whls / mooncake_wheel.name)
     node = made.node(project)
     node.start(made.image, made.run_id)
-    node.exec(["python3", "-m", "pip", "uninstall", "-y", "mooncake-transfer-engine"])
+    dist, version = mooncake_wheel.name.split("-")[:2]  # the CPU build's name, as CI caches it
+    dist = dist.replace("_", "-")
+    node.exec(["python3", "-m", "pip", "uninstall", "-y", dist])
     assert not node.exec(["python3", "-c", "import mooncake"], check=False).ok
     prep.install_python_packages(node, node.settings, "SGLANG", mooncake_wheel.name)
-    shown = node.exec(["python3", "-m", "pip", "show", "mooncake-transfer-engine"]).output
-    version = mooncake_wheel.name.split("-")[1]
+    shown = node.exec(["python3", "-m", "pip", "show", dist]).output
     assert f"Version: {version}" in shown
     node.exec(["python3", "-c", "import mooncake, sglang_router"])
