@@ -68,14 +68,14 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     # started empty, as harness.log is: the spans of this run only (harness.report reads them)
     run.env.timeline = Timeline.fresh(Path(run.layout.timeline), run.env.run_id)
     set_progress_every(settings.progress_every_s)
-    previous = _install_signal_handlers(run.env.cancel)
+    previous = install_signal_handlers(run.env.cancel)
     try:
         for case in run.cases:  # before anything else: a verdict exists from the first second
             write_unfinished(run.layout, case.name, case.group)
         _write_summary(run, finished=False)
         with ExitStack() as stack:
             try:
-                _check_inputs(run)
+                check_inputs(run)
                 _run_all(run, stack)
             except KeyboardInterrupt:
                 _interrupted(run)
@@ -99,7 +99,7 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
 
 
 # --- the steps of a run -----------------------------------------------------------------------
-def _check_inputs(run: Run) -> None:
+def check_inputs(run: Run) -> None:
     s = run.settings
     if run.needs_remote and not (s.local_ip and s.remote_ip):
         doubles = ", ".join(c.name for c in run.cases if c.double)
@@ -286,7 +286,7 @@ def _ignore_during_cleanup(signum: int, frame: object) -> None:
     log.warning("signal %d while stopping: finishing the cleanup first", signum)
 
 
-def _install_signal_handlers(cancel: Cancel) -> dict:
+def install_signal_handlers(cancel: Cancel) -> dict:
     """SIGTERM takes the same path as Ctrl-C (SPEC §2, 'Stopping'). The first one cancels every
     wait of the run (in every thread) and unwinds the main thread; later ones must not cut the
     cleanup short."""

@@ -16,7 +16,7 @@ from harness.cases import Case, CaseContext
 from harness.errors import HarnessError, SettingsError
 from harness.keep import Kept, liveness, reach_text
 from harness.results import CaseResult
-from harness.runner import Run, _check_inputs, _install_signal_handlers, fresh_case_dirs
+from harness.runner import Run, check_inputs, install_signal_handlers, fresh_case_dirs
 from harness.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
     after everything started was stopped."""
     case, model = resolve_served(name, model)
     run = Run(settings, [case], f"serve {case.name}")
-    _check_inputs(run)
-    previous = _install_signal_handlers(run.env.cancel)
+    check_inputs(run)
+    previous = install_signal_handlers(run.env.cancel)
     try:
         with ExitStack() as stack:
             environment.open_nodes(run.env, stack, needs_remote=True)
