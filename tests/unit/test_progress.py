@@ -8,17 +8,7 @@ import pytest
 from harness import waiting
 from harness.docker_sdk import PullProgress
 from harness.waiting import note_progress, reporting, wait_until
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.unit.test_waiting import FakeClock
 
 
 @pytest.fixture(autouse=True)
