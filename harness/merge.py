@@ -19,7 +19,7 @@ from harness.errors import SettingsError
 from harness.junit import write_junit
 from harness.layout import RUN_SUMMARY_FILE
 from harness.report import write_report
-from harness.results import write_json_atomic, write_text_atomic
+from harness.results import read_summary_file, write_json_atomic, write_text_atomic
 from harness.settings import PROJECT_ROOT
 
 EXIT_BAD_INPUT = 2
@@ -80,14 +80,7 @@ def _read_tree(n: int, given: Path) -> Tree:
     if not (logs / RUN_SUMMARY_FILE).exists():
         raise SettingsError(f"{given} is not a run tree: no {RUN_SUMMARY_FILE} in it "
                             "(give the run/logs dir of each host pair)")
-    try:
-        summary = json.loads((logs / RUN_SUMMARY_FILE).read_text())
-        if not all(isinstance(c.get("case"), str) for c in summary["cases"]):
-            raise ValueError("a case without a name")
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise SettingsError(f"{logs / RUN_SUMMARY_FILE} is not a readable run summary "
-                            f"({type(exc).__name__}: {exc})") from None
-    return Tree(n, given, logs.resolve(), summary)
+    return Tree(n, given, logs.resolve(), read_summary_file(logs / RUN_SUMMARY_FILE))
 
 
 def _refuse_duplicates(trees: list[Tree]) -> None:

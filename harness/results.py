@@ -151,19 +151,23 @@ def failed_cases(summary: dict) -> list[str]:
 
 
 def read_run_summary(layout: Layout) -> dict:
-    """The run summary of the tree at `layout`; HarnessError (one line) when it is missing or
-    unreadable."""
-    path = Path(layout.run_summary)
+    """The run summary of the tree at `layout` (see read_summary_file)."""
+    return read_summary_file(Path(layout.run_summary))
+
+
+def read_summary_file(path: Path) -> dict:
+    """A run summary file; SettingsError (one line) when it is missing, unreadable or holds no
+    list of named cases (rerun reads the last run's, merge each host pair's)."""
     try:
         summary = json.loads(path.read_text())
     except FileNotFoundError:
         raise SettingsError(f"no run summary at {path}") from None
     except (OSError, ValueError) as exc:
-        raise SettingsError(f"cannot read the run summary {path}: {exc}") from None
+        raise SettingsError(f"{path} is not a readable run summary ({exc})") from None
     if not (isinstance(summary, dict) and isinstance(summary.get("cases"), list)
             and all(isinstance(c, dict) and isinstance(c.get("case"), str)
                     for c in summary["cases"])):
-        raise SettingsError(f"{path} is not a run summary (no list of cases)")
+        raise SettingsError(f"{path} is not a readable run summary (no list of named cases)")
     return summary
 
 
