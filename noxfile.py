@@ -62,7 +62,7 @@ def _mark_unfinished(*args: str) -> None:
     """`Fail` for the asked cases before the install: a failed or killed `pip install` must not
     leave an earlier run's `Pass` standing (the harness writes them again when it starts)."""
     sys.path.insert(0, str(ROOT))
-    from harness.verdict import mark_unfinished
+    from harness.results.verdict import mark_unfinished
     mark_unfinished(ROOT, args[0], list(args[1:]))
 
 
@@ -125,8 +125,8 @@ def single(session: nox.Session) -> None:
 def rerun(session: nox.Session) -> None:
     """Run again exactly the cases that failed in the last run (run/logs/run_summary.json)."""
     _mark_unfinished("rerun")  # only the cases to be rerun: the passes stay
-    from harness.results import DEMO_LABEL
-    from harness.verdict import last_summary
+    from harness.results.outcome import DEMO_LABEL
+    from harness.results.verdict import last_summary
     last = last_summary(ROOT) or {}
     _install(session, *(("demo",) if last.get("group") == DEMO_LABEL else ()))
     session.run("python", "-m", "harness", "rerun", **HARNESS_STOP)

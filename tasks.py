@@ -51,7 +51,7 @@ def _group(group: str) -> str:
 @_harness_task
 def prepare(c, settings, group="SGLANG"):
     """Prepare this host: run dir and .shrc, wheel, image, container, eRDMA, Python installs."""
-    from harness import runner
+    from harness.run import runner
     runner.prepare_standalone(settings, _group(group))
 
 
@@ -59,7 +59,7 @@ def prepare(c, settings, group="SGLANG"):
 @_harness_task
 def prepare_remote(c, settings, group="SGLANG"):
     """Push the project to REMOTE_IP (REMOTE_TEST_DIR) and prepare that host the same way."""
-    from harness import runner
+    from harness.run import runner
     if not settings.remote_ip:
         raise Exit("error: set REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...) first", code=2)
     runner.prepare_standalone(settings, _group(group), remote=True)
@@ -71,7 +71,7 @@ def get_wheel(c, settings):
     """Fetch the Mooncake wheel into run/whls (ARTIFACT_ID+GIT_REPO, or MOONCAKE_WHEEL)."""
     from harness.layout import Layout
     from harness.settings import PROJECT_ROOT
-    from harness.wheel import fetch_wheel
+    from harness.prep.wheel import fetch_wheel
     print(fetch_wheel(settings, Path(Layout.at(PROJECT_ROOT).whls)))
 
 
@@ -79,7 +79,8 @@ def get_wheel(c, settings):
 @_harness_task
 def start_container(c, settings, group="SGLANG"):
     """Pull the group's image (per IMAGE_PULL) and start CONTAINER_NAME, replacing an old one."""
-    from harness import prep, runner
+    from harness.prep import per_host as prep
+    from harness.run import runner
     node = runner.container_node(settings)
     image = settings.image_for(_group(group))
     prep.pull_image(node.client, image, settings.image_pull)
@@ -91,7 +92,7 @@ def start_container(c, settings, group="SGLANG"):
 @_harness_task
 def stop_container(c, settings):
     """Stop and remove CONTAINER_NAME on this host."""
-    from harness import runner
+    from harness.run import runner
     runner.container_node(settings).remove()
     print(f"container {settings.container_name} removed")
 
@@ -100,7 +101,8 @@ def stop_container(c, settings):
 @_harness_task
 def install_erdma(c, settings):
     """Install the eRDMA user-space packages in the running container and check ibv_devinfo."""
-    from harness import prep, runner
+    from harness.prep import per_host as prep
+    from harness.run import runner
     prep.install_erdma(runner.container_node(settings), settings)
 
 
@@ -111,9 +113,9 @@ def reset(c, settings):
 
     Restart the container (HARNESS_RUNTIME=host: stop this run's processes), wait until every
     GPU uses at most 1024 MB, kill only this container's GPU processes if needed, wait again."""
-    from harness.environment import local_node
+    from harness.prep.environment import local_node
     from harness.layout import Layout
-    from harness.reset import gpu_source_for, reset_node
+    from harness.prep.reset import gpu_source_for, reset_node
     from harness.settings import PROJECT_ROOT
     node = local_node(settings, Layout.at(PROJECT_ROOT))
     try:
@@ -127,7 +129,7 @@ def reset(c, settings):
 @_harness_task
 def clean(c, settings, wheels=False, remote=False):
     """Stop processes recorded in run/pids, remove the container and run/logs, run/pids."""
-    from harness import runner
+    from harness.run import runner
     if remote and not settings.remote_ip:
         raise Exit("error: --remote needs REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...)",
                    code=2)
@@ -143,5 +145,5 @@ def serve(c, settings, case, model=""):
     Prepares both hosts as a run does, starts the servers of one model exactly as the case
     does, prints how to reach them (docker exec lines, URLs, logs), and stops everything on
     Ctrl-C or SIGTERM."""
-    from harness.serve import serve as serve_case
+    from harness.run.serve import serve as serve_case
     serve_case(settings, case, model or None)

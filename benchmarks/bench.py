@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from harness import environment  # noqa: E402
-from harness.environment import Environment  # noqa: E402
-from harness.hosts import LocalHost  # noqa: E402
+from harness.prep import environment  # noqa: E402
+from harness.prep.environment import Environment  # noqa: E402
+from harness.hosts.local import LocalHost  # noqa: E402
 from harness.layout import Layout  # noqa: E402
-from harness.nodes import HostNode  # noqa: E402
-from harness.servers import SGLANG_READY, Server, sglang_ready  # noqa: E402
+from harness.hosts.nodes import HostNode  # noqa: E402
+from harness.servers.server import SGLANG_READY, Server, sglang_ready  # noqa: E402
 from harness.settings import Settings  # noqa: E402
 from tests.conftest import TEST_IMAGE, WHEEL_CACHE, copy_project  # noqa: E402
 from tests.sshd import Sshd  # noqa: E402

@@ -200,9 +200,9 @@ def processes_left(roots: list[Path]) -> list[str]:
 
 def leak_note(project: Path) -> str:
     """Whether the host reset after the run fails, as the reset between cases would."""
-    from harness.hosts import LocalHost
-    from harness.nodes import HostNode
-    from harness.reset import ResetFailed, gpu_source_for, reset_node
+    from harness.hosts.local import LocalHost
+    from harness.hosts.nodes import HostNode
+    from harness.prep.reset import ResetFailed, gpu_source_for, reset_node
     from harness.settings import Settings
     settings = Settings.from_env({"HARNESS_SIM": "true", "HARNESS_RUNTIME": "host", **SHORT})
     failed = []

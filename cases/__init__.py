@@ -1,1 +1,1 @@
-"""One module per end-to-end case; each defines `CASE = harness.cases.Case(...)`."""
+"""One module per end-to-end case; each defines `CASE = harness.run.cases.Case(...)`."""

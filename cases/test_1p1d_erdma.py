@@ -1,8 +1,8 @@
 """1 prefill + 1 decode SGLang server on two hosts, KV cache moved by Mooncake, behind a router."""
-from harness.answers import require_json_ok
-from harness.cases import DOUBLE, Case, CaseContext
-from harness.engines import ROUTER_PORT, sglang_router, sglang_server
-from harness.servers import start_all
+from harness.run.answers import require_json_ok
+from harness.run.cases import DOUBLE, Case, CaseContext
+from harness.run.engines import ROUTER_PORT, sglang_router, sglang_server
+from harness.servers.server import start_all
 
 NAME = "test_1p1d_erdma"
 MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V2-Lite")

@@ -1,5 +1,5 @@
 """SGLang's own PD test with different TP sizes, on the Mooncake CI's models."""
-from harness.cases import SINGLE, Case, CaseContext
+from harness.run.cases import SINGLE, Case, CaseContext
 
 NAME = "test_disaggregation_different_tp"
 

@@ -2,11 +2,11 @@
 import base64
 from pathlib import Path
 
-from harness.answers import chat_content, require_json_ok, require_match
-from harness.cases import DOUBLE, Case, CaseContext
-from harness.engines import ROUTER_PORT, sglang_router, sglang_server
+from harness.run.answers import chat_content, require_json_ok, require_match
+from harness.run.cases import DOUBLE, Case, CaseContext
+from harness.run.engines import ROUTER_PORT, sglang_router, sglang_server
 from harness.errors import SettingsError
-from harness.servers import start_all
+from harness.servers.server import start_all
 
 NAME = "test_epd_sglang"
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"

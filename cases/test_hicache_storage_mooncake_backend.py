@@ -1,10 +1,10 @@
 """HiCache with the Mooncake storage backend: SGLang's HiCache storage tests on Mooncake."""
 import logging
 
-from harness.cases import SINGLE, Case, CaseContext
+from harness.run.cases import SINGLE, Case, CaseContext
 from harness.errors import CaseFailed
-from harness.nodes import Node
-from harness.servers import offline_env
+from harness.hosts.nodes import Node
+from harness.servers.server import offline_env
 
 log = logging.getLogger(__name__)
 NAME = "test_hicache_storage_mooncake_backend"

@@ -1,6 +1,6 @@
 """Elastic EP with the Mooncake backend: MoE model, MMLU score above 0.5."""
-from harness.cases import SINGLE, Case, CaseContext
-from harness.servers import offline_env
+from harness.run.cases import SINGLE, Case, CaseContext
+from harness.servers.server import offline_env
 
 NAME = "test_moe_mooncake"
 MODEL = "deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct"

@@ -4,12 +4,12 @@ import logging
 
 from packaging.version import InvalidVersion, Version
 
-from harness.answers import chat_content, require_json_ok, require_match
-from harness.cases import DOUBLE, Case, CaseContext
+from harness.run.answers import chat_content, require_json_ok, require_match
+from harness.run.cases import DOUBLE, Case, CaseContext
 from harness.errors import HarnessError
-from harness.nodes import Node
-from harness.servers import (AnyOf, HttpOk, OwnsPort, PostNot503, Server, app_startup_ready,
-                             log_line, offline_env, start_all)
+from harness.hosts.nodes import Node
+from harness.servers.server import (AnyOf, HttpOk, OwnsPort, PostNot503, Server, app_startup_ready,
+                                    log_line, offline_env, start_all)
 
 log = logging.getLogger(__name__)
 NAME = "test_vllm_1p1d_erdma"

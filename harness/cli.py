@@ -20,12 +20,12 @@ import re
 import sys
 from pathlib import Path
 
-from harness import cases as case_registry
+from harness.run import cases as case_registry
 from harness import redaction
 from harness.errors import HarnessError, SettingsError
 from harness.layout import Layout
-from harness.results import (DEMO_LABEL, CaseResult, failed_cases, read_run_summary,
-                             write_case_result, write_run_summary)
+from harness.results.outcome import (DEMO_LABEL, CaseResult, failed_cases, read_run_summary,
+                                     write_case_result, write_run_summary)
 from harness.settings import PROJECT_ROOT, Settings, help_text
 
 EXIT_BAD_INPUT = 2
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     layout = Layout.at(PROJECT_ROOT)
     if args.command == "merge":
-        from harness.merge import merge_command
+        from harness.results.merge import merge_command
         return merge_command(args.dirs, args.out, default_out=Path(layout.logs))
     asked: list[str] = []
     earlier: list[dict] | None = None
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if earlier is not None:
         logging.getLogger(__name__).info("rerun of the %d case(s) that failed: %s", len(cases),
                                          " ".join(c.name for c in cases))
-    from harness.runner import run_cases
+    from harness.run.runner import run_cases
     return run_cases(settings, cases, label, earlier=earlier)
 
 

@@ -1,7 +1,7 @@
 """Every setting of the harness: its name, type, default and meaning, defined once (SPEC §3).
 
 `Settings.from_env()` reads them from the environment (the names T-One already sets);
-`write_shrc`/`read_shrc` keep `run/.shrc` as `export NAME=value` lines so a person can source it.
+`harness.shrc` keeps them in `run/.shrc` as `export NAME=value` lines so a person can source it.
 Secrets are never written or printed.
 """
 from __future__ import annotations
@@ -11,7 +11,6 @@ import enum
 import math
 import os
 import re
-import shlex
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -234,7 +233,7 @@ class Settings:
                                 "(accepted: a TCP port, 1-65535)")
         for name, address in (("LOCAL_IP", self.local_ip), ("REMOTE_IP", self.remote_ip)):
             _require_address(name, address)
-        from harness.sync_tree import wipe_refusal
+        from harness.wipe import wipe_refusal
         refusal = wipe_refusal(self.remote_test_dir)
         if refusal:
             raise SettingsError(f"bad value for REMOTE_TEST_DIR: {self.remote_test_dir!r} "
@@ -368,39 +367,3 @@ def help_text() -> str:
         shown = _format(default) if default != "" else "(unset)"
         lines.append(f"  {f.metadata['env']:<32} {shown:<24} {f.metadata['help']}")
     return "\n".join(lines)
-
-
-def shrc_text(settings: Settings, paths: Mapping[str, str]) -> str:
-    """`export NAME=value` lines: every non-secret setting, then the path entries."""
-    items = settings.env_items() + list(paths.items())
-    text = "# written by the Mooncake E2E harness; `source` it to see what a run used\n"
-    return text + "".join(f"export {name}={shlex.quote(value)}\n" for name, value in items)
-
-
-def write_shrc(path: Path, settings: Settings, paths: Mapping[str, str]) -> None:
-    """Write run/.shrc atomically (see `shrc_text`)."""
-    text = shrc_text(settings, paths)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_shrc(path: Path) -> dict[str, str]:
-    """Parse a `.shrc`; a line that is not `export NAME=value` raises SettingsError naming it."""
-    values: dict[str, str] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            words = shlex.split(stripped)
-        except ValueError as exc:
-            raise SettingsError(f"{path}:{number}: cannot parse {line!r} ({exc})",
-                                hint=f"delete {path} and run again") from None
-        if len(words) != 2 or words[0] != "export" or "=" not in words[1]:
-            raise SettingsError(f"{path}:{number}: expected 'export NAME=value', got {line!r}",
-                                hint=f"delete {path} and run again")
-        name, _, value = words[1].partition("=")
-        values[name] = value
-    return values

@@ -1,7 +1,7 @@
 """The names of the per-host preparation steps (SPEC §5) and the one line each logs.
 
-Shared by harness.prep and the container node (which pulls its own image), so the node layer
-need not import prep.
+Shared by the preparation steps (harness.prep.per_host) and the container node, which pulls
+its own image, so the containers layer need not import prep.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Iterator
 
 from harness.errors import HarnessError
 
-log = logging.getLogger("harness.prep")
+log = logging.getLogger("harness.prep.per_host")
 
 STEP_RUN_DIR = "run-dir"
 STEP_GET_WHEEL = "get-wheel"

@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness import gpu as g  # noqa: E402
-from harness.hosts import LocalHost  # noqa: E402
-from harness.nodes import HostNode  # noqa: E402
-from harness.reset import ResetFailed, reset_node  # noqa: E402
+from harness.prep import gpu as g  # noqa: E402
+from harness.hosts.local import LocalHost  # noqa: E402
+from harness.hosts.nodes import HostNode  # noqa: E402
+from harness.prep.reset import ResetFailed, reset_node  # noqa: E402
 from harness.settings import Settings  # noqa: E402
 
 HOLDER = r"""

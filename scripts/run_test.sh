@@ -16,7 +16,7 @@ logs="$root/run/logs"
 venv="$root/.venv"
 
 # The cases of each group in run order. The shim needs them before any Python runs; the test
-# tests/unit/test_shim_cases.py keeps them equal to the registry (harness.cases.group_cases).
+# tests/unit/test_shim_cases.py keeps them equal to the registry (harness.run.cases.group_cases).
 SGLANG_CASES="test_hicache_storage_mooncake_backend test_disaggregation_different_tp test_1p1d_erdma test_epd_sglang test_moe_mooncake"
 VLLM_CASES="test_vllm_1p1d_erdma"
 
@@ -38,7 +38,7 @@ write_atomic() {  # write_atomic FILE CONTENT: a reader sees the old file or the
   printf '%s\n' "$2" > "$tmp" && mv -f "$tmp" "$1"
 }
 
-# `Fail` for each case, in the format harness/results.py writes, with the reason beside it.
+# `Fail` for each case, in the format harness/results/outcome.py writes, with the reason beside it.
 write_fail() {
   local reason=$1 case stamp
   shift

@@ -32,23 +32,24 @@ GOAL_PERCENT = 90.0
 # What decides a verdict, by module and function ("name", "Class.method", globs allowed).
 SCOPE: dict[str, tuple[str, ...]] = {
     # the verdict files and the run summary
-    "harness/results.py": ("*",),
+    "harness/results/outcome.py": ("*",),
     # readiness: the rules, the wait on them, and the one wait loop they run in
-    "harness/servers.py": ("LogLines.*", "HttpOk.*", "AnyOf.*", "OwnsPort.*", "log_line",
+    "harness/servers/server.py": ("LogLines.*", "HttpOk.*", "AnyOf.*", "OwnsPort.*", "log_line",
                            "Server.wait_ready", "Server._meet_rules", "Server._wait*",
                            "Server._check*",
                            "Server.follow_log", "sglang_ready", "app_startup_ready",
                            "router_ready", "start_all", "wait_all"),
     "harness/waiting.py": ("wait_until",),
     # the token: where it comes from, and that it is masked wherever it could be written
-    "harness/wheel.py": ("redact", "redact_url", "resolve_token", "gh_hostname", "gh_cli_token"),
+    "harness/prep/wheel.py": ("redact", "redact_url", "resolve_token", "gh_hostname",
+                              "gh_cli_token"),
     "harness/redaction.py": ("*",),
     # settings validation
     "harness/settings.py": ("Settings.from_env", "Settings.validate", "_parse", "_require_*"),
     # the reset's kill scope: which processes a reset may kill
-    "harness/reset.py": ("recorded_groups", "parse_facts", "is_run_process", "run_processes",
+    "harness/prep/reset.py": ("recorded_groups", "parse_facts", "is_run_process", "run_processes",
                          "kill_scope", "_kill_owned"),
-    "harness/gpu.py": ("cgroup_processes", "kill_processes", "_read"),
+    "harness/prep/gpu.py": ("cgroup_processes", "kill_processes", "_read"),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
@@ -76,7 +77,7 @@ def mutant_globs(path: str, patterns: tuple[str, ...]) -> list[str]:
 
 
 def function_of(name: str) -> str:
-    """`harness.servers.xǁServerǁ_wait__mutmut_3` -> `Server._wait`."""
+    """`harness.servers.server.xǁServerǁ_wait__mutmut_3` -> `Server._wait`."""
     tail = re.sub(r"__mutmut_\d+$", "", name.rsplit(".x", 1)[1])
     return tail.strip("ǁ").replace("ǁ", ".") if tail.startswith("ǁ") else tail[1:]
 

@@ -14,12 +14,12 @@ import docker.errors
 import pytest
 import requests
 
-from harness import container as ct
-from harness import container_spec as spec
-from harness import prep
-from harness.container import ContainerNode
+from harness.containers import node as ct
+from harness.containers import spec
+from harness.prep import per_host as prep
+from harness.containers.node import ContainerNode
 from harness.errors import CommandFailed, DockerError
-from harness.hosts import LocalHost
+from harness.hosts.local import LocalHost
 from harness.settings import Settings
 from tests.simproc import free_port, wait_for
 

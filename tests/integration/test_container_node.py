@@ -13,10 +13,10 @@ import uuid
 
 import pytest
 
-from harness.container import ContainerNode, remote_container_node
+from harness.containers.node import ContainerNode, remote_container_node
 from harness.errors import DockerError
-from harness.hosts import LocalHost
-from harness.ssh import SSHHost
+from harness.hosts.local import LocalHost
+from harness.hosts.ssh import SSHHost
 
 pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 

@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from harness import simknobs
-from harness.hosts import LocalHost
-from harness.nodes import HostNode
-from harness.reset import ResetFailed, gpu_source_for, reset_node
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode
+from harness.prep.reset import ResetFailed, gpu_source_for, reset_node
 from harness.settings import Settings
 from tests.conftest import copy_project
 from tests.simproc import demo_env

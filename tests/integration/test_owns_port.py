@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from harness.errors import NotReady
-from harness.hosts import LocalHost
-from harness.nodes import HostNode
-from harness.servers import Server, router_ready
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode
+from harness.servers.server import Server, router_ready
 from tests.simproc import free_port
 
 pytestmark = pytest.mark.integration

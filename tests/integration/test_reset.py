@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import gpu as g
-from harness.hosts import LocalHost
-from harness.nodes import HostNode, Node
-from harness.reset import ResetFailed, gpu_source_for, kill_scope, reset_node
+from harness.prep import gpu as g
+from harness.prep import sim_gpu
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode, Node
+from harness.prep.reset import ResetFailed, gpu_source_for, kill_scope, reset_node
 from harness.settings import Settings
 from tests.simproc import free_port, wait_for
 
@@ -40,7 +41,7 @@ def engine_argv(python: str, port: int, tp: int, base: int) -> list[str]:
 
 def engine_env(node: Node, component: str | None = None, faults: str = "") -> dict[str, str]:
     env = {"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": "0.2", "HARNESS_SIM_FAULTS": faults,
-           **g.sim_gpu_env(node.layout)}
+           **sim_gpu.sim_gpu_env(node.layout)}
     if component:
         env["HARNESS_SIM_COMPONENT"] = component
     return env
@@ -62,7 +63,7 @@ def start_engine(node: Node, name: str, *, python: str = sys.executable, tp: int
 
 
 def records(node: Node) -> list[Path]:
-    return sorted(Path(str(g.sim_gpu_dir(node.host_layout))).glob("*.json"))
+    return sorted(Path(str(sim_gpu.sim_gpu_dir(node.host_layout))).glob("*.json"))
 
 
 def pid_alive(pid: int) -> bool:
@@ -82,7 +83,7 @@ class Foreign:
 
     def __init__(self, gpu_dir: object, base: int = 0) -> None:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "sim/site"),
-               "HARNESS_SIM_STARTUP_S": "0.2", g.SIM_GPU_ENV: str(gpu_dir)}
+               "HARNESS_SIM_STARTUP_S": "0.2", sim_gpu.SIM_GPU_ENV: str(gpu_dir)}
         env.pop("HARNESS_SIM_COMPONENT", None)
         env.pop("HARNESS_SIM_FAULTS", None)
         self.proc = subprocess.Popen(engine_argv(sys.executable, free_port(), 1, base), env=env,
@@ -161,7 +162,7 @@ def test_host_reset_never_kills_a_process_of_someone_else(node):
     settings = host_settings()
     gpu = gpu_source_for(node, settings)
     start_engine(node, "prefill")
-    foreign = Foreign(g.sim_gpu_dir(node.host_layout), base=3)
+    foreign = Foreign(sim_gpu.sim_gpu_dir(node.host_layout), base=3)
     try:
         with pytest.raises(ResetFailed) as err:
             reset_node(node, settings, gpu)
@@ -177,7 +178,7 @@ def test_host_reset_never_kills_a_process_of_someone_else(node):
 # --- in a container ------------------------------------------------------------------------------
 @pytest.fixture
 def container_node(docker_client, test_image, project, tmp_path):
-    from harness.container import ContainerNode
+    from harness.containers.node import ContainerNode
     name = f"mh-test-{uuid.uuid4().hex[:10]}"
     settings = Settings.from_env({
         "CONTAINER_NAME": name, "MODEL_CACHE": str(tmp_path / "cache"), "RDMA_DEVICES": "",
@@ -231,7 +232,7 @@ def test_container_kill_is_scoped_to_the_containers_cgroup(container_node):
     node = container_node
     gpu = gpu_source_for(node, node.settings)
     start_engine(node, "prefill", python="python3", base=0)
-    foreign = Foreign(g.sim_gpu_dir(node.host_layout), base=1)
+    foreign = Foreign(sim_gpu.sim_gpu_dir(node.host_layout), base=1)
     try:
         holding = {p.pid for p in gpu.processes()}
         assert foreign.proc.pid in holding and len(holding) == 2

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from junitparser import JUnitXml
 
-from harness.hosts import LocalHost
-from harness.nodes import HostNode
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode
 from tests.simproc import demo_env, run_processes
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import cases as registry
+from harness.run import cases as registry
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration

@@ -6,11 +6,11 @@ import threading
 
 import pytest
 
-from harness.cases import Case
+from harness.run.cases import Case
 from harness.errors import CaseFailed
 from harness.layout import Layout
-from harness.nodes import local_group_alive
-from harness.runner import EXIT_INTERRUPTED, run_cases
+from harness.hosts.nodes import local_group_alive
+from harness.run.runner import EXIT_INTERRUPTED, run_cases
 from harness.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -109,7 +109,7 @@ def test_a_report_that_cannot_be_written_is_a_warning_not_a_verdict(tmp_path, mo
     def broken(logs):
         raise ValueError("report bug")
 
-    monkeypatch.setattr("harness.runner.write_report", broken)
+    monkeypatch.setattr("harness.run.runner.write_report", broken)
     code = run_cases(settings(), [case("a", lambda ctx: None)], "SGLANG", Layout.at(tmp_path))
     assert code == 0 and results(tmp_path) == {"a": "Pass"}
     assert "could not write the HTML report: ValueError('report bug')" in caplog.text

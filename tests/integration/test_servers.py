@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import NotReady, ServerExited
-from harness.hosts import LocalHost
-from harness.nodes import HostNode, local_group_alive
-from harness.servers import Server, http_session, sglang_ready, start_all, wait_all
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode, local_group_alive
+from harness.servers.server import Server, http_session, sglang_ready, start_all, wait_all
 from tests.simproc import free_port
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import CommandFailed, HarnessError
-from harness.nodes import HostNode, local_group_alive
-from harness.servers import Server, http_session, sglang_ready, start_all
-from harness.ssh import SSHError, SSHHost
+from harness.hosts.nodes import HostNode, local_group_alive
+from harness.servers.server import Server, http_session, sglang_ready, start_all
+from harness.hosts.ssh import SSHError, SSHHost
 from tests.sshd import Sshd, free_port, keygen
 
 pytestmark = pytest.mark.ssh
@@ -345,7 +345,7 @@ TEST_OFF = {"CONTAINER_PRIVILEGED": "false", "CONTAINER_MEMLOCK": "0", "CONTAINE
 def remote_node(remote_settings, docker_client, test_image, tmp_path, project):
     """The remote container node, its container named mh-test-remote-<random>; removed (any
     state) afterwards."""
-    from harness.container import remote_container_node
+    from harness.containers.node import remote_container_node
     suffix = uuid.uuid4().hex[:10]
     settings = remote_settings(REMOTE_CONTAINER_NAME=f"mh-test-remote-{suffix}",
                                CONTAINER_NAME=f"mh-test-local-{suffix}",
@@ -441,7 +441,7 @@ def test_remote_container_refused_start_leaves_nothing(remote_node, docker_clien
 @pytest.mark.docker
 def test_remote_engine_not_answering_is_one_line(remote_node, test_image):
     from harness.errors import DockerError
-    from harness.container import remote_container_node
+    from harness.containers.node import remote_container_node
     node = remote_container_node(remote_node.settings, remote_node.host, docker_cli=(
         "docker", "--host", "unix:///nonexistent/docker.sock"))
     for call in (node.ping, lambda: node.start(test_image, "mh-test-x")):

@@ -10,7 +10,7 @@ import paramiko
 import pytest
 
 from harness.settings import Settings
-from harness.ssh import SSHError, SSHHost
+from harness.hosts.ssh import SSHError, SSHHost
 from tests.sshd import free_port, keygen
 
 pytestmark = pytest.mark.ssh

@@ -16,7 +16,7 @@ import paramiko
 import pytest
 
 from harness.settings import Settings
-from harness.ssh import SSHError, SSHHost
+from harness.hosts.ssh import SSHError, SSHHost
 
 BOUND_S = 10.0  # the deadlines below are 1-2 s; the rest is slack for a loaded machine
 

@@ -16,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from harness import procs
+from harness.hosts import procs
 
-from harness.nodes import HostNode
+from harness.hosts.nodes import HostNode
 from tests.simproc import demo_env, wait_for
 
 pytestmark = pytest.mark.integration
@@ -141,7 +141,7 @@ def test_sigkilled_run_leftovers_are_stopped_by_the_next_run_and_by_clean(
 
         left = start_pd_and_kill_the_harness(project, env)
         cleaned = subprocess.run(
-            [sys.executable, "-c", "from harness.runner import clean; "
+            [sys.executable, "-c", "from harness.run.runner import clean; "
              "from harness.settings import Settings; clean(Settings.from_env(), wheels=False)"],
             cwd=project, env={**env, "HARNESS_RUNTIME": "host", "HARNESS_REMOTE": "local"},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
@@ -172,8 +172,8 @@ def check_sweep(node, case: str, pids_in_node) -> None:
 
 @pytest.mark.docker
 def test_sweep_inside_a_docker_container(docker_client, test_image, tmp_path):
-    from harness.container import ContainerNode
-    from harness.hosts import LocalHost
+    from harness.containers.node import ContainerNode
+    from harness.hosts.local import LocalHost
     from harness.settings import Settings
     name = f"mh-test-{uuid.uuid4().hex[:10]}"
     settings = Settings.from_env({
@@ -201,7 +201,7 @@ def test_sweep_inside_a_docker_container(docker_client, test_image, tmp_path):
 
 @pytest.mark.ssh
 def test_sweep_over_ssh(remote_settings, tmp_path, bystander):
-    from harness.ssh import SSHHost
+    from harness.hosts.ssh import SSHHost
     settings = remote_settings()
     host = SSHHost(settings, settings.remote_ip)
     root = PurePosixPath(str(tmp_path / "remote-root"))

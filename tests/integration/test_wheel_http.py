@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness import wheel
+from harness.prep import wheel
 from harness.errors import WheelError
 from harness.settings import Settings
 from tests.fakes.github_api import BLOB_SIGNATURE, FakeGitHubAPI, wheel_bytes, zip_bytes

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from harness.hosts import LocalHost
-from harness.nodes import HostNode
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from docker.models.containers import _create_container_args
 from docker.types import DeviceRequest, Ulimit
 
-from harness import container as ct
-from harness import container_spec as spec
+from harness.containers import node as ct
+from harness.containers import spec
 from harness.errors import CommandFailed, DockerError, SettingsError
-from harness.hosts import LocalHost
+from harness.hosts.local import LocalHost
 from harness.settings import Settings
 
 IMAGE = "lmsysorg/sglang:latest"
@@ -342,21 +342,17 @@ def test_remove_leftovers_only_ours_and_only_stuck():
 
 # --- one node, two transports (issue 8 item 11) ------------------------------------------------
 HARNESS = Path(__file__).resolve().parents[2] / "harness"
-NODE_LAYER = ("container.py", "container_engine.py", "docker_sdk.py", "remote_container.py",
-              "nodes.py")
 
 
-def test_the_pull_step_is_named_once_and_the_node_layer_does_not_reach_up_to_prep():
-    defined = [p.name for p in HARNESS.glob("*.py")
+def test_the_pull_step_is_named_once():
+    """(That the containers layer never imports prep is tests/unit/test_architecture.py's.)"""
+    defined = [str(p.relative_to(HARNESS)) for p in HARNESS.rglob("*.py")
                if re.search(r"^STEP_PULL_IMAGE\s*=", p.read_text(), re.M)]
     assert defined == ["steps.py"]
-    for name in NODE_LAYER:
-        assert not re.search(r"harness\.prep\b|from harness import .*\bprep\b",
-                             (HARNESS / name).read_text()), name
 
 
 def test_the_remote_node_is_the_same_class_as_the_local_one():
-    from harness.remote_container import DockerCLI
+    from harness.containers.docker_cli import DockerCLI
 
     class Host:
         name, address = "remote", "127.0.0.2"

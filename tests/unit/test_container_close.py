@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import docker.errors
 
-from harness import container as ct
-from harness.hosts import LocalHost
+from harness.containers import node as ct
+from harness.hosts.local import LocalHost
 from harness.settings import Settings
 
 PROJECT = "/srv/mooncake/tone_tests"

@@ -12,13 +12,14 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from harness import gpu as g
+from harness.prep import gpu as g
+from harness.prep import sim_gpu
 from harness.errors import CommandFailed, DockerError, HarnessError, Interrupted
-from harness.hosts import Completed, LocalHost
+from harness.hosts.local import Completed, LocalHost
 from harness.layout import Layout
-from harness.nodes import ContainerBase
-from harness.reset import (ProcFacts, ResetFailed, gpu_source_for, parse_facts, reset_node,
-                           run_processes)
+from harness.hosts.nodes import ContainerBase
+from harness.prep.reset import (ProcFacts, ResetFailed, gpu_source_for, parse_facts, reset_node,
+                                run_processes)
 from harness.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -298,18 +299,18 @@ def test_sim_gpu_counts_live_processes_and_leaks(tmp_path, dead_pid):
     write_record(tmp_path, dead_pid, 12345, [2])                       # dead, no leak
     write_record(tmp_path, dead_pid, 12346, [6, 7], leak=True)         # dead, leaked
     write_record(tmp_path, me, starttime(me) + 1, [3])                 # PID reused: not mine
-    sim = g.SimGpu(LocalHost(), tmp_path)
+    sim = sim_gpu.SimGpu(LocalHost(), tmp_path)
     assert sim.used_mb() == [8000, 8000, 0, 0, 0, 0, 8000, 8000]
     assert sim.processes() == [g.GpuProcess(me, 16000)]
 
 
 def test_sim_gpu_empty_missing_and_corrupt(tmp_path):
-    assert g.SimGpu(LocalHost(), tmp_path / "none").used_mb() == [0] * 8
-    assert g.SimGpu(LocalHost(), tmp_path / "none").processes() == []
+    assert sim_gpu.SimGpu(LocalHost(), tmp_path / "none").used_mb() == [0] * 8
+    assert sim_gpu.SimGpu(LocalHost(), tmp_path / "none").processes() == []
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(g.GpuReadError, match="record bad.json"):
-        g.SimGpu(LocalHost(), tmp_path).used_mb()
-    sim = g.SimGpu(LocalHost(), tmp_path)
+        sim_gpu.SimGpu(LocalHost(), tmp_path).used_mb()
+    sim = sim_gpu.SimGpu(LocalHost(), tmp_path)
     sim.clear()
     assert sim.used_mb() == [0] * 8
 
@@ -317,49 +318,49 @@ def test_sim_gpu_empty_missing_and_corrupt(tmp_path):
 def test_sim_gpu_unreadable_scan_is_a_read_error():
     host = FakeHost(answer=lambda argv: Completed(argv, 1, "Traceback ..."))
     with pytest.raises(g.GpuReadError, match="scan exited 1"):
-        g.SimGpu(host, "/x").used_mb()
+        sim_gpu.SimGpu(host, "/x").used_mb()
     host = FakeHost(answer=lambda argv: Completed(argv, 0, "nonsense"))
     with pytest.raises(g.GpuReadError, match="cannot read the simulated GPU records"):
-        g.SimGpu(host, "/x").used_mb()
+        sim_gpu.SimGpu(host, "/x").used_mb()
 
 
 def test_sim_used_mb_grows_for_high_gpu_ids():
-    rec = g.SimRecord("f", 1, 1, (9,), 100, True, None)
-    assert g.sim_used_mb([rec]) == [0] * 9 + [100]
+    rec = sim_gpu.SimRecord("f", 1, 1, (9,), 100, True, None)
+    assert sim_gpu.sim_used_mb([rec]) == [0] * 9 + [100]
 
 
 def test_sim_engine_writes_and_removes_its_record(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "sim" / "site"))
-    from harness_sim import gpu as sim_gpu
+    from harness_sim import gpu as engine_gpu
     from harness_sim.sglang_args import parse_server_args
     args = parse_server_args(["--model-path", "m", "--tp-size", "2", "--base-gpu-id", "6"])
     env = {"HARNESS_SIM_GPU_DIR": str(tmp_path / "gpu")}
-    assert sim_gpu.hold(args, set(), "decode", {}) is None
-    path = sim_gpu.hold(args, set(), "decode", env)
+    assert engine_gpu.hold(args, set(), "decode", {}) is None
+    path = engine_gpu.hold(args, set(), "decode", env)
     record = json.loads(path.read_text())
     assert record["gpus"] == [6, 7] and record["pid"] == os.getpid() and not record["leak"]
-    assert g.SimGpu(LocalHost(), tmp_path / "gpu").used_mb()[6:] == [8000, 8000]
-    sim_gpu.release()
+    assert sim_gpu.SimGpu(LocalHost(), tmp_path / "gpu").used_mb()[6:] == [8000, 8000]
+    engine_gpu.release()
     assert not path.exists()
-    sim_gpu.release()                                   # idempotent
-    leaked = sim_gpu.hold(args, {"gpu-leak"}, "decode", env)
-    sim_gpu.release()
+    engine_gpu.release()                                # idempotent
+    leaked = engine_gpu.hold(args, {"gpu-leak"}, "decode", env)
+    engine_gpu.release()
     assert leaked.exists() and json.loads(leaked.read_text())["leak"] is True
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match="bad HARNESS_SIM_GPU_DIR"):
-        sim_gpu.hold(args, set(), None, {"HARNESS_SIM_GPU_DIR": str(tmp_path / "file" / "x")})
+        engine_gpu.hold(args, set(), None, {"HARNESS_SIM_GPU_DIR": str(tmp_path / "file" / "x")})
 
 
 # --- choosing the source -------------------------------------------------------------------------
 def test_gpu_source_for(tmp_path):
-    from harness.nodes import HostNode
+    from harness.hosts.nodes import HostNode
     node = HostNode(LocalHost(), tmp_path)
     sim = gpu_source_for(node, settings(HARNESS_SIM="true"))
-    assert isinstance(sim, g.SimGpu) and sim.directory == str(tmp_path / "run" / "sim-gpu")
+    assert isinstance(sim, sim_gpu.SimGpu) and sim.directory == str(tmp_path / "run" / "sim-gpu")
     assert isinstance(gpu_source_for(node, settings()), g.NvidiaSmi)
-    assert g.sim_gpu_env(Layout.at("/test_run")) == {
+    assert sim_gpu.sim_gpu_env(Layout.at("/test_run")) == {
         "HARNESS_SIM_GPU_DIR": "/test_run/run/sim-gpu"}
-    assert g.sim_gpu_dir(Layout.at("/p")) == PurePosixPath("/p/run/sim-gpu")
+    assert sim_gpu.sim_gpu_dir(Layout.at("/p")) == PurePosixPath("/p/run/sim-gpu")
 
 
 # --- reset_node with fakes -----------------------------------------------------------------------

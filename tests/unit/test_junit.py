@@ -5,10 +5,10 @@ from pathlib import Path
 
 from junitparser import Failure, JUnitXml, Properties, Property
 
-from harness import results
-from harness.junit import write_junit
+from harness.results import outcome as results
+from harness.results.junit import write_junit
 from harness.layout import Layout
-from harness.results import CaseResult, Status
+from harness.results.outcome import CaseResult, Status
 
 
 def summary_with(tmp_path: Path, cases: list[CaseResult], **kw) -> Path:

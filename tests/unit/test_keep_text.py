@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from harness.container import ContainerNode
-from harness.hosts import LocalHost
-from harness.keep import Kept, reach_text, server_url, shell_line, stop_line
-from harness.nodes import HostNode
-from harness.servers import Server
+from harness.containers.node import ContainerNode
+from harness.hosts.local import LocalHost
+from harness.run.keep import Kept, reach_text, server_url, shell_line, stop_line
+from harness.hosts.nodes import HostNode
+from harness.servers.server import Server
 from harness.settings import Settings
-from harness.ssh_config import Hop, Route
+from harness.hosts.ssh_config import Hop, Route
 
 
 class FakeSSHHost(LocalHost):

@@ -1,7 +1,7 @@
 """Following a server's log: only what was appended is read and scanned, lines are counted once."""
 from pathlib import PurePosixPath
 
-from harness.servers import Server
+from harness.servers.server import Server
 
 
 class GrowingLog:

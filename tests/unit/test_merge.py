@@ -10,7 +10,7 @@ from pathlib import Path
 from junitparser import JUnitXml
 
 from harness.layout import Layout
-from harness.results import CaseResult, Status, write_case_result, write_run_summary
+from harness.results.outcome import CaseResult, Status, write_case_result, write_run_summary
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

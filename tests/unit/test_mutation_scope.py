@@ -36,9 +36,11 @@ def test_every_scope_pattern_names_a_function_that_exists(path):
 
 
 def test_mutant_names_map_back_to_functions():
-    assert mutants.function_of("harness.servers.xǁServerǁ_wait__mutmut_3") == "Server._wait"
+    assert mutants.function_of("harness.servers.server.xǁServerǁ_wait__mutmut_3") == "Server._wait"
     assert mutants.function_of("harness.settings.x__parse__mutmut_12") == "_parse"
-    assert mutants.function_of("harness.results.x_utc_timestamp__mutmut_1") == "utc_timestamp"
-    assert mutants.mutant_globs("harness/servers.py", ("Server.wait_ready", "log_line", "*")) == [
-        "harness.servers.xǁServerǁwait_ready__mutmut_*", "harness.servers.x_log_line__mutmut_*",
-        "harness.servers.*"]
+    assert (mutants.function_of("harness.results.outcome.x_utc_timestamp__mutmut_1")
+            == "utc_timestamp")
+    globs = mutants.mutant_globs("harness/servers/server.py",
+                                 ("Server.wait_ready", "log_line", "*"))
+    assert globs == ["harness.servers.server.xǁServerǁwait_ready__mutmut_*",
+                     "harness.servers.server.x_log_line__mutmut_*", "harness.servers.server.*"]

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from harness.servers import PostNot503, http_session
+from harness.servers.server import PostNot503, http_session
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):

@@ -8,12 +8,15 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from harness import prep, wheel
+from harness.prep import per_host as prep
+
+from harness.prep import wheel
 from harness.errors import CommandFailed, DockerError, SettingsError
-from harness.hosts import Completed, LocalHost
+from harness.hosts.local import Completed, LocalHost
 from harness.layout import CONTAINER_ROOT, Layout
-from harness.nodes import HostNode, Node
-from harness.settings import ImagePull, Settings, read_shrc
+from harness.hosts.nodes import HostNode, Node
+from harness.settings import ImagePull, Settings
+from harness.shrc import read_shrc
 
 WHEEL = "mooncake_transfer_engine-0.3.13-cp311-cp311-manylinux_2_35_x86_64.whl"
 

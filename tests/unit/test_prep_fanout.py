@@ -1,16 +1,17 @@
-"""Both hosts' prep at once (harness.environment.prepare): the first failure stops the other host
-at its next step, and what it reports is the failure, not the sibling that merely stopped."""
+"""Both hosts' prep at once (harness.prep.environment.prepare): the first failure stops the
+other host at its next step, and what it reports is the failure, not the sibling that merely
+stopped."""
 import time
 from contextlib import ExitStack
 
 import pytest
 
-from harness import environment
-from harness.environment import Environment
+from harness.prep import environment
+from harness.prep.environment import Environment
 from harness.errors import HarnessError
-from harness.hosts import LocalHost
+from harness.hosts.local import LocalHost
 from harness.layout import Layout
-from harness.nodes import HostNode, Node
+from harness.hosts.nodes import HostNode, Node
 from harness.settings import Settings
 
 

@@ -13,9 +13,9 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from harness import procs
-from harness.hosts import LocalHost
-from harness.nodes import HostNode, read_pid_file
+from harness.hosts import procs
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode, read_pid_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,8 @@ def test_the_sweep_never_stops_itself_or_the_harness(tmp_path):
     """A harness that carries the marker itself (started by a marked process) sweeps the others
     and lives on."""
     owner = tmp_path / "checkout"
-    code = ("import sys; from harness.hosts import LocalHost; from harness.nodes import HostNode;"
+    code = ("import sys; from harness.hosts.local import LocalHost;"
+            " from harness.hosts.nodes import HostNode;"
             f"print(HostNode(LocalHost(), {str(owner)!r}).sweep(timeout_s=2))")
     env = {**os.environ, **procs.marker(str(owner), "r1", "c1"), "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from harness import waiting
-from harness.docker_sdk import PullProgress
+from harness.containers.docker_sdk import PullProgress
 from harness.waiting import note_progress, reporting, wait_until
 from tests.unit.test_waiting import FakeClock
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import NotReady, ServerExited
-from harness.nodes import local_group_alive
-from harness.servers import (SGLANG_READY, AnyOf, HttpOk, LogLines, Server, log_line,
-                             sglang_ready, start_all)
+from harness.hosts.nodes import local_group_alive
+from harness.servers.server import (SGLANG_READY, AnyOf, HttpOk, LogLines, Server, log_line,
+                                    sglang_ready, start_all)
 from tests.simproc import free_port, wait_for
 
 READY = "READY-LINE"
@@ -49,7 +49,7 @@ def timed(call) -> float:
 
 
 def test_ready_once_the_line_appears(node, servers, caplog):
-    caplog.set_level(logging.INFO, logger="harness.servers")
+    caplog.set_level(logging.INFO, logger="harness.servers.server")
     server = make(node, servers, "s", f"sleep 0.3; echo '{READY}'; exec sleep 60",
                   [log_line(READY, LONG_S)])
     assert timed(lambda: server.start().wait_ready()) < REPORTED_S

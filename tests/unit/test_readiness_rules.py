@@ -12,8 +12,9 @@ import time
 import pytest
 
 from harness.errors import Interrupted, NotReady, ServerExited
-from harness.servers import (APP_STARTUP, AnyOf, HttpOk, LogLines, OwnsPort, app_startup_ready,
-                             log_line, router_ready, start_all, wait_all)
+from harness.servers.server import (APP_STARTUP, AnyOf, HttpOk, LogLines, OwnsPort,
+                                    app_startup_ready,
+                                    log_line, router_ready, start_all, wait_all)
 from harness.waiting import Cancel
 from tests.simproc import free_port
 from tests.unit.test_readiness import LONG_S, REPORTED_S, make

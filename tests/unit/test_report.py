@@ -1,4 +1,4 @@
-"""harness.report: the HTML page built from a small run tree on tmp_path."""
+"""harness.results.report: the HTML page built from a small run tree on tmp_path."""
 import json
 import re
 from html.parser import HTMLParser
@@ -7,8 +7,8 @@ from urllib.parse import unquote
 
 from harness import redaction
 from harness.layout import Layout
-from harness.report import write_report
-from harness.results import CaseResult, Status, write_case_result, write_run_summary
+from harness.results.report import write_report
+from harness.results.outcome import CaseResult, Status, write_case_result, write_run_summary
 from harness.settings import Settings
 
 TOKEN = "ghp_unitReportToken987654321"

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import gpu as g
-from harness.hosts import LocalHost
-from harness.nodes import HostNode
-from harness.reset import (ProcFacts, ResetReport, _kill_owned, is_run_process, kill_scope,
-                           parse_facts, recorded_groups, run_processes)
+from harness.prep import gpu as g
+from harness.hosts.local import LocalHost
+from harness.hosts.nodes import HostNode
+from harness.prep.reset import (ProcFacts, ResetReport, _kill_owned, is_run_process, kill_scope,
+                                parse_facts, recorded_groups, run_processes)
 from tests.simproc import wait_for
 
 
@@ -164,7 +164,7 @@ def test_the_reset_kills_its_own_gpu_processes_and_leaves_the_others(tmp_path, s
     by_group = sleeper(started)
     theirs = sleeper(started)
     report = ResetReport("local")
-    with caplog.at_level(logging.INFO, logger="harness.reset"):
+    with caplog.at_level(logging.INFO, logger="harness.prep.reset"):
         _kill_owned(node, Gpu([ours.pid, by_group.pid, theirs.pid]), {by_group.pid}, report)
     assert [p.pid for p in report.killed] == [ours.pid, by_group.pid]
     assert [p.pid for p in report.left_alone] == [theirs.pid]
@@ -185,9 +185,9 @@ def test_a_kill_that_fails_is_logged_not_raised(tmp_path, started, caplog, monke
     ours = sleeper(started)
     os.kill(ours.pid, signal.SIGKILL)
     ours.wait(10)          # gone, and reaped: `kill` will say "No such process"
-    monkeypatch.setattr("harness.reset.run_processes", lambda host, pids, *a: list(pids))
+    monkeypatch.setattr("harness.prep.reset.run_processes", lambda host, pids, *a: list(pids))
     report = ResetReport("local")
-    with caplog.at_level(logging.INFO, logger="harness.reset"):
+    with caplog.at_level(logging.INFO, logger="harness.prep.reset"):
         _kill_owned(node, Gpu([ours.pid]), set(), report)
     assert [p.pid for p in report.killed] == [ours.pid]
     said = [r.getMessage() for r in caplog.records if "kill said" in r.getMessage()]

@@ -2,7 +2,7 @@ import json
 import re
 
 from harness.layout import Layout, model_dir_name
-from harness.results import CaseResult, Status, summary_table, write_case_result
+from harness.results.outcome import CaseResult, Status, summary_table, write_case_result
 
 
 def test_results_file_is_exactly_the_spec_format(tmp_path):

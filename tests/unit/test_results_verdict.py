@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
+from harness.results import outcome as results
 from harness.layout import Layout
-from harness.results import CaseResult, Status
+from harness.results.outcome import CaseResult, Status
 
 SPEC_LINE = re.compile(r'\{"test_case": "(?P<case>[^"]+)", "status": "(?P<status>Pass|Fail)", '
                        r'"timestamp": "(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\}\n')

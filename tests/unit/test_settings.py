@@ -1,7 +1,8 @@
 import pytest
 
 from harness.errors import SettingsError
-from harness.settings import ImagePull, Settings, help_text, read_shrc, write_shrc
+from harness.settings import ImagePull, Settings, help_text
+from harness.shrc import read_shrc, write_shrc
 
 
 def test_defaults_match_the_spec():

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness import cases as registry
+from harness.run import cases as registry
 from tests.conftest import ROOT
 
 

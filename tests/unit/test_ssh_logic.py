@@ -12,13 +12,14 @@ import paramiko
 import pytest
 
 from harness.errors import CommandFailed, DockerError, HarnessError
-from harness.hosts import Completed
-from harness.container import ContainerNode, remote_container_node
-from harness.remote_container import daemon_error
+from harness.hosts.local import Completed
+from harness.containers.node import ContainerNode, remote_container_node
+from harness.containers.docker_cli import daemon_error
 from harness.settings import Settings
-from harness.ssh import SSHError, SSHHost, remote_command
-from harness.ssh_keys import AcceptNewPolicy, UnknownHostKey, known_hosts_name
-from harness.sync_tree import build_tarball, check_wipeable, sync_excluded, wipe_refusal
+from harness.hosts.ssh import SSHError, SSHHost, remote_command
+from harness.hosts.ssh_keys import AcceptNewPolicy, UnknownHostKey, known_hosts_name
+from harness.hosts.sync_tree import build_tarball, sync_excluded
+from harness.wipe import check_wipeable, wipe_refusal
 
 
 def settings(**env) -> Settings:
@@ -45,7 +46,7 @@ def test_remote_command_quotes_every_value():
     ("a.pyc", True), (".pytest_cache/v", True), ("run/logs", True),
     # all of run/: the wheel step rewrites run/whls while the remote host is synced
     ("run", True), ("run/whls/mooncake_transfer_engine-1.whl", True), ("run/.shrc", True),
-    ("harness/ssh.py", False), ("runx/a", False), ("sim/site/sglang/x.py", False),
+    ("harness/hosts/ssh.py", False), ("runx/a", False), ("sim/site/sglang/x.py", False),
     ("cases/run/x.py", False),
 ])
 def test_sync_filter(path, excluded):

@@ -1,4 +1,4 @@
-"""harness.timeline: one JSON line per span, append-only, safe from many threads."""
+"""harness.results.timeline: one JSON line per span, append-only, safe from many threads."""
 import json
 import threading
 
@@ -6,7 +6,7 @@ import pytest
 
 from harness import redaction
 from harness.errors import HarnessError, Interrupted
-from harness.timeline import Timeline, log_ref, read_spans
+from harness.results.timeline import Timeline, log_ref, read_spans
 
 
 def lines(path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import wheel
+from harness.prep import wheel
 
 SECRET = "ghs_BareTokenValue0123456789abcdefXYZ"
 TOKEN = wheel.Token(SECRET, "GITHUB_TOKEN")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import redaction, wheel
+from harness import redaction
+
+from harness.prep import wheel
 from harness.settings import Settings
 
 
@@ -45,7 +47,7 @@ def test_gh_token_is_read_and_masked_from_then_on(tmp_path, monkeypatch):
 ])
 def test_gh_failures_mean_no_token_and_say_why(tmp_path, monkeypatch, caplog, script, why):
     fake_gh(tmp_path, monkeypatch, script)
-    with caplog.at_level(logging.INFO, logger="harness.wheel"):
+    with caplog.at_level(logging.INFO, logger="harness.prep.wheel"):
         assert wheel.gh_cli_token("github.com") is None
     assert f"no token from the GitHub CLI ({why})" in [r.getMessage() for r in caplog.records]
 
@@ -54,7 +56,7 @@ def test_a_gh_that_hangs_is_given_up(tmp_path, monkeypatch, caplog):
     fake_gh(tmp_path, monkeypatch, "exec sleep 30")
     monkeypatch.setattr(wheel, "GH_TIMEOUT_S", 0.5)
     start = time.monotonic()
-    with caplog.at_level(logging.INFO, logger="harness.wheel"):
+    with caplog.at_level(logging.INFO, logger="harness.prep.wheel"):
         assert wheel.gh_cli_token("github.com") is None
     assert time.monotonic() - start < 10
     assert "no token from the GitHub CLI (TimeoutExpired)" in [

@@ -1,5 +1,5 @@
-"""Reading what Mooncake moved from the simulated servers' logs (harness/transfers.py), and the
-sim's own pure pieces: which Mooncake, the KV bytes, the knobs."""
+"""Reading what Mooncake moved from the simulated servers' logs (harness/results/transfers.py),
+and the sim's own pure pieces: which Mooncake, the KV bytes, the knobs."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import transfers
+from harness.results import transfers
 from harness.settings import Settings, SimMooncake
 
 SIM_SITE = Path(__file__).resolve().parents[2] / "sim" / "site"

@@ -1,9 +1,9 @@
-"""The verdict written before the harness is installed (harness.verdict)."""
+"""The verdict written before the harness is installed (harness.results.verdict)."""
 import json
 from pathlib import Path
 
-from harness import cases as registry
-from harness.verdict import asked_cases, declared_cases, mark_unfinished
+from harness.run import cases as registry
+from harness.results.verdict import asked_cases, declared_cases, mark_unfinished
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

@@ -1,4 +1,5 @@
-"""Unit tests of harness.wheel's pure parts: sources, token choice, messages, zips, redaction."""
+"""Unit tests of harness.prep.wheel's pure parts: sources, token choice, messages, zips,
+redaction."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import wheel
+from harness.prep import wheel
 from harness.errors import WheelError
 from harness.settings import Settings
 
@@ -115,7 +116,7 @@ def test_gh_cli_token_runs_gh_auth_token(tmp_path: Path, monkeypatch) -> None:
 
 
 def test_gh_cli_failure_means_no_token(tmp_path: Path, monkeypatch, caplog) -> None:
-    caplog.set_level(logging.INFO, logger="harness.wheel")
+    caplog.set_level(logging.INFO, logger="harness.prep.wheel")
     fake_gh(tmp_path / "bin", "echo 'not logged in' >&2\nexit 1\n")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
     assert wheel.gh_cli_token("github.com") is None

@@ -4,8 +4,8 @@ When HARNESS_SIM_GPU_DIR is set (the harness sets it to `<project>/run/sim-gpu` 
 sees the project: `/test_run/run/sim-gpu` in a container, the bind mount shows the host the same
 files), `hold()` writes one JSON record there at start-up and `release()` removes it on a clean
 exit (SIGTERM/SIGINT, any fault exit, atexit as a backup). A process killed outright (SIGKILL,
-container restart) leaves its record behind; the harness's reader (harness.gpu.SimGpu) then finds
-the process gone and counts nothing for it, as a real GPU frees a dead process's memory.
+container restart) leaves its record behind; the harness's reader (harness.prep.sim_gpu.SimGpu) then
+finds the process gone and counts nothing for it, as a real GPU frees a dead process's memory.
 
 With the fault `gpu-leak` on this engine's component the record says `"leak": true` and is kept
 on exit: the harness counts it as used memory for ever (no process to kill), so the host reset

@@ -39,7 +39,7 @@ def start(environ: Mapping[str, str], host: str, where: str, send: bool, receive
 
 
 def fail(exc: TransferError, what: str = "KV") -> None:
-    """A receiver's failure, in the log the harness sums (harness/transfers.py)."""
+    """A receiver's failure, in the log the harness sums (harness/results/transfers.py)."""
     say(f"{TAG} MOONCAKE {what} FAILED: {exc}")
 
 

@@ -1,0 +1,285 @@
+"""The run's environment: the nodes of both hosts, their preparation, resets and log collection.
+
+Preparation (SPEC §5) runs on the two hosts at the same time. The wheel is fetched once, locally;
+the remote host syncs the project tree, pulls its image and starts its container meanwhile, and
+only its pip install waits for the wheel.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from harness.prep import per_host as prep
+
+from harness.hosts import procs
+from harness.errors import HarnessError, Interrupted
+from harness.hosts.local import LocalHost
+from harness.layout import Layout
+from harness.prep.sim_gpu import SimGpu, sim_gpu_dir
+from harness.hosts.nodes import HostNode, Node
+from harness.prep.reset import gpu_source_for, reset_node
+from harness.settings import RemoteVia, Runtime, Settings
+from harness.shrc import shrc_text
+from harness.results.timeline import Timeline
+from harness.waiting import Cancel, fan_out, reporting
+from harness.prep.wheel import fetch_wheel, find_wheel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Environment:
+    settings: Settings
+    layout: Layout            # the local project tree
+    run_id: str
+    local: Node | None = None
+    remote: Node | None = None
+    prep_s: dict[str, float] = field(default_factory=dict)
+    cancel: Cancel = field(default_factory=Cancel)  # the run's: Ctrl-C/SIGTERM set it
+    timeline: Timeline = field(default_factory=Timeline.off)  # the run's record of spans
+    keep_containers: bool = False  # KEEP_ON_FAILURE kept a failed case's servers in them
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for n in (self.local, self.remote) if n is not None]
+
+
+# --- nodes ------------------------------------------------------------------------------------
+def local_node(settings: Settings, layout: Layout) -> Node:
+    host = LocalHost("local", settings.local_ip or "127.0.0.1")
+    if settings.harness_runtime is Runtime.HOST:
+        return HostNode(host, layout.root)
+    from harness.containers.node import ContainerNode
+    return ContainerNode(settings, host, layout.root)
+
+
+def remote_node(settings: Settings) -> Node:
+    """The remote host's node: over SSH, or (the demo) a second node on this machine."""
+    if settings.harness_remote is RemoteVia.LOCAL:
+        host = LocalHost("remote", settings.remote_ip)
+        if settings.harness_runtime is Runtime.HOST:
+            return HostNode(host, settings.remote_test_dir, name="remote")
+        from harness.containers.node import ContainerNode
+        return ContainerNode(settings, host, settings.remote_test_dir,
+                             container_name=settings.remote_container, name="remote")
+    from harness.hosts.ssh import SSHHost
+    ssh_host = SSHHost(settings, settings.remote_ip, "remote")
+    if settings.harness_runtime is Runtime.HOST:
+        return HostNode(ssh_host, settings.remote_test_dir, name="remote")
+    from harness.containers.node import remote_container_node
+    return remote_container_node(settings, ssh_host, settings.remote_test_dir)
+
+
+def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
+    """Create the nodes once per run; they are closed when the run ends."""
+    if env.local is None:
+        env.local = local_node(env.settings, env.layout)
+        stack.callback(env.local.close)
+    if needs_remote and env.remote is None:
+        env.remote = remote_node(env.settings)
+        stack.callback(env.remote.host.close)
+        stack.callback(env.remote.close)
+    for node in env.nodes:  # mark what they start; stop what an earlier run left (hosts.procs)
+        procs.claim(node, env.run_id, env.settings.timeout_stop_s)
+
+
+# --- preparation ------------------------------------------------------------------------------
+class _Steps:
+    """Runs one host's prep steps: logs, times, and tags errors with the step and host; a
+    cancel (Ctrl-C, or the other host's prep failed) stops it before the next step. A step
+    that takes long prints progress lines; the steps a run skips are told on one line."""
+
+    def __init__(self, env: Environment, node: Node, cancel: Cancel) -> None:
+        self.env = env
+        self.node = node
+        self.cancel = cancel
+        self._skipped: list[tuple[str, str]] = []
+
+    def __call__(self, name: str, action: Callable[[], object]):
+        self.tell_skipped()
+        if self.cancel.is_set():
+            raise Interrupted(f"{self.cancel.reason} before this step", step=name,
+                              host=self.node.name)
+        log.info("prep %s: %s ...", self.node.name, name)
+        start = time.monotonic()
+        try:
+            with self.env.timeline.span(self.node.name, "prep", name), \
+                    reporting(f"{name} on {self.node.name}"):
+                value = action()
+        except HarnessError as exc:
+            exc.at(step=name, host=self.node.name)
+            raise
+        finally:
+            self.env.prep_s[f"{self.node.name}:{name}"] = round(time.monotonic() - start, 3)
+        log.info("prep %s: %s done (%.1fs)", self.node.name, name, time.monotonic() - start)
+        return value
+
+    def skip(self, name: str, why: str, value=None):
+        self._skipped.append((name, why))
+        self.env.timeline.skipped(self.node.name, "prep", name, why)
+        self.env.prep_s[f"{self.node.name}:{name}"] = 0.0
+        return value
+
+    def tell_skipped(self) -> None:
+        """One line for the skipped steps so far: `a, b skipped (why); c skipped (why)`."""
+        if not self._skipped:
+            return
+        by_reason: dict[str, list[str]] = {}
+        for name, why in self._skipped:
+            by_reason.setdefault(why, []).append(name)
+        self._skipped = []
+        log.info("prep %s: %s", self.node.name, "; ".join(
+            f"{', '.join(names)} skipped ({why})" for why, names in by_reason.items()))
+
+class _Wheel:
+    """The local wheel, handed to the remote host's pip step when it is ready."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.path: Path | None = None
+        self.failed = False
+
+    def set(self, path: Path | None, failed: bool = False) -> None:
+        self.path, self.failed = path, failed
+        self.ready.set()
+
+
+def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool = True) -> None:
+    """Prepare every node of the run for `group`, the hosts at the same time.
+
+    With local_node=False (`invoke prepare-remote`) this host only provides the wheel."""
+    wheel = _Wheel()
+    def local(cancel: Cancel) -> None:
+        steps = _Steps(env, env.local, cancel)
+        try:
+            _prepare_local(env, env.local, stack, group, wheel, local_node, steps)
+        finally:
+            steps.tell_skipped()
+
+    def remote(cancel: Cancel) -> None:
+        steps = _Steps(env, env.remote, cancel)
+        try:
+            _prepare_remote(env, env.remote, stack, group, wheel, steps)
+        finally:
+            steps.tell_skipped()
+
+    fan_out([local, remote] if env.remote is not None else [local], env.cancel, "prep")
+
+
+def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
+                   wheel: _Wheel, whole: bool, step: _Steps) -> None:
+    s = env.settings
+    try:
+        same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, env.layout))
+        if s.harness_sim:  # memory a gpu-leak fault "leaked" in an earlier run is not ours
+            SimGpu(node.host, sim_gpu_dir(env.layout)).clear()
+        whl_dir = Path(env.layout.whls)
+        if not (s.mooncake_wheel or s.artifact_id) and s.harness_sim:
+            path = step.skip("get-wheel", "simulated run without MOONCAKE_WHEEL or ARTIFACT_ID")
+        elif same_wheel:
+            path = step.skip("get-wheel", "run/.shrc records the same ARTIFACT_ID and the wheel "
+                             "is present", value=find_wheel(whl_dir))
+        else:
+            path = step("get-wheel", lambda: fetch_wheel(s, whl_dir))
+    except BaseException:
+        wheel.set(None, failed=True)
+        raise
+    wheel.set(path)
+    if whole:
+        _container_steps(env, node, stack, group, step)
+        _pip_step(env, node, group, step, path)
+
+
+def _prepare_remote(env: Environment, node: Node, stack: ExitStack, group: str,
+                    wheel: _Wheel, step: _Steps) -> None:
+    s = env.settings
+    remote = env.layout.view(node.host_layout.root)
+    shrc = shrc_text(s, remote.path_entries())
+    step("sync-project", lambda: node.host.sync_project(env.layout.root, remote.root,
+                                                        {"run/.shrc": shrc}))
+    _container_steps(env, node, stack, group, step)
+    while not wheel.ready.wait(0.1):
+        step.cancel.check("waiting for the local wheel")
+    if wheel.failed:
+        raise HarnessError("the local wheel step failed; nothing to install here",
+                           step="pip-install", host=node.name)
+    if wheel.path is not None:
+        target = remote.whls / wheel.path.name
+        step("put-wheel", lambda: _put_wheel(node, wheel.path, target))
+    _pip_step(env, node, group, step, wheel.path)
+
+
+def _put_wheel(node: Node, local: Path, target) -> None:
+    node.host.run(["bash", "-c", 'rm -f -- "$1"/*.whl', "put-wheel", str(target.parent)])
+    node.host.put(local, target)
+
+
+def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
+                     step: _Steps) -> None:
+    s = env.settings
+    if isinstance(node, HostNode):
+        for name in ("pull-image", "start-container", "install-erdma"):
+            step.skip(name, "HARNESS_RUNTIME=host")
+        return
+    image = s.image_for(group)
+    step("pull-image", lambda: node.pull(image, s.image_pull))
+    # At the end of the run the container is stopped, not removed (SPEC §8, as the old
+    # scripts' `docker stop`): a person can look inside after a failure; the next run's
+    # start-container replaces it, `invoke clean` removes it.
+    stack.callback(_stop_container, env, node)
+    step("start-container", lambda: prep.start_container(node, image, env.run_id))
+    if s.install_erdma:
+        step("install-erdma", lambda: prep.install_erdma(node, s))
+    else:
+        step.skip("install-erdma", "INSTALL_ERDMA=false")
+
+
+def _stop_container(env: Environment, node: Node) -> None:
+    if env.keep_containers:
+        log.info("%s: container %s left running (KEEP_ON_FAILURE)", node.name,
+                 getattr(node, "container_name", ""))
+        return
+    node.stop_container()
+
+
+def _pip_step(env: Environment, node: Node, group: str, step: _Steps,
+              wheel: Path | None) -> None:
+    if wheel is None and isinstance(node, HostNode):
+        step.skip("pip-install", "no wheel to install")
+        return
+    step("pip-install", lambda: prep.install_python_packages(
+        node, env.settings, group, wheel.name if wheel else None))
+
+
+# --- between and after cases ------------------------------------------------------------------
+def reset(env: Environment, next_case: str) -> None:
+    """Reset every node at the same time (SPEC §8): restart (or stop this run's processes),
+    wait for GPU memory, scoped kill, wait again. A failure means an unhealthy host."""
+    def reset_one(node: Node) -> Callable[[Cancel], None]:
+        def job(cancel: Cancel) -> None:
+            started = time.monotonic()
+            with env.timeline.span(node.name, "reset", f"reset before {next_case}",
+                                   case=next_case) as span:
+                report = reset_node(node, env.settings, gpu_source_for(node, env.settings),
+                                    cancel=cancel, spans=env.timeline, case=next_case)
+                span.detail = report.action
+            env.prep_s[f"{node.name}:reset before {next_case}"] = round(
+                time.monotonic() - started, 3)
+            log.info("reset %s: %s", node.name, report.summary())
+        return job
+    fan_out([reset_one(node) for node in env.nodes], env.cancel, "reset")
+
+
+def collect_remote_logs(env: Environment, case: str) -> None:
+    """Copy the remote host's logs of `case` into the local tree (before the result is written)."""
+    node = env.remote
+    if node is None:
+        return
+    source = node.on_host(node.layout.case_logs(case))
+    copied = node.host.get_tree(source, Path(env.layout.case_logs(case)))
+    log.info("%s: copied %d log file(s) of %s", node.name, len(copied), case)

@@ -1,0 +1,169 @@
+"""Results as values, serialised in one place (SPEC §4).
+
+`test_results.json` holds exactly test_case, status and timestamp, written atomically. Everything
+richer (reason, failed step, durations, per-model outcome) goes to `case_summary.json` beside it
+and to `run/logs/run_summary.json`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+from contextlib import contextmanager
+
+from harness.errors import SettingsError
+from harness.files import write_json_atomic
+from harness.layout import Layout
+from harness.results.junit import write_junit
+
+
+class Status(str, enum.Enum):
+    PASS = "Pass"
+    FAIL = "Fail"
+
+
+def utc_timestamp(when: float | None = None) -> str:
+    moment = dt.datetime.fromtimestamp(time.time() if when is None else when, dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class CaseResult:
+    """How one case ended, with the detail that `test_results.json` must not carry."""
+    case: str
+    status: Status = Status.FAIL
+    reason: str = ""
+    step: str = ""
+    host: str = ""
+    server: str = ""
+    started: float = field(default_factory=time.time)
+    ended: float | None = None   # when the case ended: the timestamp of test_results.json
+    duration_s: float = 0.0
+    steps_s: dict[str, float] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+    cleanup_errors: list[str] = field(default_factory=list)
+    log_tail: str = ""
+    group: str = ""   # SGLANG or VLLM: the JUnit testsuite the case belongs to
+    mooncake: dict | None = None  # simulated runs: what Mooncake moved (results/transfers.py)
+
+    @property
+    def passed(self) -> bool:
+        return self.status is Status.PASS
+
+    @contextmanager
+    def timed(self, step: str) -> Iterator[None]:
+        """Record how long `step` took (also when it raises)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.steps_s[step] = round(self.steps_s.get(step, 0.0) + time.monotonic() - start, 3)
+
+    def to_summary(self) -> dict:
+        data = asdict(self)
+        data["status"] = self.status.value
+        data["started"] = utc_timestamp(self.started)
+        data["ended"] = utc_timestamp(self.ended) if self.ended is not None else None
+        data["duration_s"] = round(self.duration_s, 3)
+        return data
+
+
+UNFINISHED = "run did not finish"
+DEMO_LABEL = "SGLANG (demo)"   # the demo's run summary: a rerun of it takes the demo's settings
+
+
+def write_case_result(layout: Layout, result: CaseResult) -> None:
+    """`test_results.json` (exact SPEC format: one line, stamped when the case ended) and
+    `case_summary.json` for one case."""
+    if result.ended is None:
+        result.ended = time.time()
+    write_json_atomic(Path(layout.results_file(result.case)), {
+        "test_case": result.case,
+        "status": result.status.value,
+        "timestamp": utc_timestamp(result.ended),
+    }, one_line=True)
+    write_json_atomic(Path(layout.case_summary(result.case)), result.to_summary())
+
+
+def write_unfinished(layout: Layout, case: str, group: str = "") -> CaseResult:
+    """A case's verdict until it ends: `Fail`, "run did not finish". Written before anything
+    else runs, so a run killed at any point (SIGKILL, OOM) never leaves an older run's status."""
+    result = CaseResult(case, reason=UNFINISHED, group=group)
+    write_case_result(layout, result)
+    return result
+
+
+def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,
+                      prep_s: dict[str, float], duration_s: float, finished: bool = True,
+                      earlier: list[dict] | None = None,
+                      settings: list[tuple[str, str]] | None = None) -> None:
+    """`run_summary.json` and the JUnit file made from it. Written at the start of a run (every
+    case unfinished, `finished` null), after every case and at the end, so a killed run leaves
+    one that says which cases did not finish. `earlier`: the case entries of the summary a
+    rerun updates; this run's results replace theirs, the others stand. `settings`:
+    `Settings.env_items()`, the non-secret settings as `.shrc` shows them."""
+    cases = updated_cases(earlier or [], [r.to_summary() for r in results])
+    write_json_atomic(Path(layout.run_summary), {
+        "group": group,
+        "pr_id": pr_id,
+        "finished": utc_timestamp() if finished else None,
+        "duration_s": round(duration_s, 3),
+        "prep_s": prep_s,
+        "passed": bool(cases) and all(c["status"] == Status.PASS.value for c in cases),
+        "cases": cases,
+        **({"reran": [r.case for r in results]} if earlier else {}),
+        "settings": dict(settings or ()),
+    })
+    write_junit(Path(layout.logs))
+
+
+def updated_cases(earlier: list[dict], current: list[dict]) -> list[dict]:
+    """`earlier`'s entries in their order, each replaced by the current one of the same case;
+    current entries of new cases after them."""
+    by_case = {entry["case"]: entry for entry in current}
+    merged = [by_case.pop(entry["case"], entry) for entry in earlier]
+    return merged + [entry for entry in current if entry["case"] in by_case]
+
+
+def failed_cases(summary: dict) -> list[str]:
+    """The cases a run summary does not record as passed (failed, or never finished)."""
+    return [c["case"] for c in summary["cases"] if c.get("status") != Status.PASS.value]
+
+
+def read_run_summary(layout: Layout) -> dict:
+    """The run summary of the tree at `layout` (see read_summary_file)."""
+    return read_summary_file(Path(layout.run_summary))
+
+
+def read_summary_file(path: Path) -> dict:
+    """A run summary file; SettingsError (one line) when it is missing, unreadable or holds no
+    list of named cases (rerun reads the last run's, merge each host pair's)."""
+    try:
+        summary = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"no run summary at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{path} is not a readable run summary ({exc})") from None
+    if not (isinstance(summary, dict) and isinstance(summary.get("cases"), list)
+            and all(isinstance(c, dict) and isinstance(c.get("case"), str)
+                    for c in summary["cases"])):
+        raise SettingsError(f"{path} is not a readable run summary (no list of named cases)")
+    return summary
+
+
+def summary_table(results: list[CaseResult]) -> str:
+    """The table printed at the end of a run: case, status, duration, reason."""
+    rows = [("case", "status", "duration", "reason")]
+    for r in results:
+        reason = r.reason.splitlines()[0] if r.reason else ""
+        rows.append((r.case, r.status.value, f"{r.duration_s:.1f}s", reason[:160]))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = []
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3]))
+                     + "  " + row[3])
+    return "\n".join(line.rstrip() for line in lines)

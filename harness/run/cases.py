@@ -1,0 +1,388 @@
+"""The case contract and the registry (SPEC §7).
+
+A case is one module in `cases/` that defines `CASE = Case(...)`; the registry finds it, so adding
+a case edits nothing else. A case's `run(ctx)` returns when the case passed and raises a
+`HarnessError` (usually `CaseFailed`) when it did not. It gets everything from its `CaseContext`:
+settings, nodes, paths, and helpers that start servers and payloads and always stop them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import pkgutil
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterator, Mapping, Sequence
+
+from harness.run import answers
+from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
+from harness.prep.gpu import format_used, wait_for_drain
+from harness.prep.sim_gpu import sim_gpu_env
+from harness.hosts.nodes import Node
+from harness.prep.reset import gpu_source_for
+from harness.results.outcome import CaseResult
+from harness.servers.server import LogFollower, Rule, Server
+from harness.settings import Settings
+from harness.results.timeline import Timeline, log_ref
+from harness.waiting import Cancel, fan_out, wait_until
+
+log = logging.getLogger(__name__)
+
+GROUPS = ("SGLANG", "VLLM")
+SINGLE, DOUBLE = "single", "double"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    group: str
+    kind: str
+    order: int
+    models: tuple[str, ...]
+    run: Callable[["CaseContext"], None]
+    summary: str = ""
+    # A double case's "start this model's servers and router/proxy" part, which its own run
+    # calls too; `invoke serve` runs it alone and keeps what it started up.
+    start_servers: Callable[["CaseContext", str], None] | None = None
+
+    @property
+    def double(self) -> bool:
+        return self.kind == DOUBLE
+
+
+def discover() -> dict[str, Case]:
+    """Every `CASE` defined by a module of the `cases` package, by name."""
+    import cases as package
+
+    found: dict[str, Case] = {}
+    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"cases.{info.name}")
+        case = getattr(module, "CASE", None)
+        if isinstance(case, Case):
+            found[case.name] = case
+    return found
+
+
+def resolve(name: str, registry: Mapping[str, Case] | None = None) -> Case:
+    """A case by name, with or without `.sh`/`.py`; unknown names list what is accepted."""
+    registry = discover() if registry is None else registry
+    bare = name.strip()
+    for suffix in (".sh", ".py"):
+        bare = bare.removesuffix(suffix)
+    bare = PurePosixPath(bare).name
+    if bare not in registry:
+        raise SettingsError(f"unknown case {name!r}; known cases: {', '.join(sorted(registry))}")
+    return registry[bare]
+
+
+def group_cases(group: str, registry: Mapping[str, Case] | None = None) -> list[Case]:
+    """The cases of a group in run order (SGLANG, VLLM, or ALL: SGLANG then VLLM)."""
+    registry = discover() if registry is None else registry
+    wanted = GROUPS if group.upper() == "ALL" else (group.upper(),)
+    if not set(wanted) <= set(GROUPS):
+        raise SettingsError(f"unknown group {group!r}; accepted: SGLANG, VLLM, ALL")
+    return [c for g in wanted for c in sorted(
+        (c for c in registry.values() if c.group == g), key=lambda c: c.order)]
+
+
+class CaseContext:
+    """What a running case is handed by the runner."""
+
+    def __init__(self, case: Case, settings: Settings, local: Node, remote: Node | None,
+                 result: CaseResult, stack: ExitStack, cancel: Cancel | None = None,
+                 timeline: Timeline | None = None) -> None:
+        self.case = case
+        self.settings = settings
+        self.local = local
+        self.remote = remote
+        self.result = result
+        self.cancel = cancel or Cancel()
+        self.timeline = timeline or Timeline.off()  # the run's: spans of servers, requests...
+        self._stack = stack
+        self._servers: list[Server] | None = None  # the servers of the current scope
+        self._scope = ""                            # its name ("" for the case, or the model)
+        # KEEP_ON_FAILURE: the failing model's servers are left running (harness.run.keep)
+        self.keep_on_failure = settings.keep_on_failure
+        self.kept_servers: list[Server] | None = None
+
+    # --- steps --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Time a step and tag any error raised in it with the step's name."""
+        log.info("%s: %s", self.case.name, name)
+        with self.result.timed(name):
+            try:
+                yield
+            except HarnessError as exc:
+                exc.at(step=name)
+                raise
+
+    # --- environment for what the case starts -------------------------------------------------
+    def pythonpath(self, node: Node, *extra: object) -> list[str]:
+        """PYTHONPATH entries to prepend: the simulator first when HARNESS_SIM=true."""
+        first = [str(node.layout.sim_site)] if self.settings.harness_sim else []
+        return first + [str(p) for p in extra]
+
+    def sglang_workspace(self, node: Node) -> str:
+        if self.settings.harness_sim:
+            return str(node.layout.sim_workspace)
+        return self.settings.sglang_workspace
+
+    def vllm_workspace(self, node: Node) -> str:
+        if self.settings.harness_sim:
+            return str(node.layout.sim_workspace)
+        return self.settings.vllm_workspace
+
+    def sim_env(self, node: Node, component: str | None = None) -> dict[str, str]:
+        """The simulator's knobs, passed to everything the harness starts on `node` when
+        simulating; `component` names a server of a double case (faults aim at it)."""
+        if not self.settings.harness_sim:
+            return {}
+        env = {"HARNESS_SIM": "true",
+               "HARNESS_SIM_STARTUP_S": str(self.settings.sim_startup_s),
+               "HARNESS_SIM_FAULTS": self.settings.sim_faults,
+               "HARNESS_SIM_VLLM_VERSION": self.settings.sim_vllm_version,
+               "HARNESS_SIM_MOONCAKE": self.settings.effective_sim_mooncake.value,
+               "HARNESS_SIM_KV_BYTES_PER_TOKEN": str(self.settings.sim_kv_bytes_per_token),
+               # the real sglang-router loads the tokenizer from the model_path workers report
+               "HARNESS_SIM_MODEL_DIR": "auto",
+               "HARNESS_MOONCAKE_MASTER": str(node.layout.sim_mooncake_master),
+               **sim_gpu_env(node.layout)}
+        if component:
+            env["HARNESS_SIM_COMPONENT"] = component
+        return env
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [n for n in (self.local, self.remote) if n is not None]
+
+    def model_logs(self, node: Node, model: str) -> PurePosixPath:
+        """The model's log directory as `node` sees it."""
+        return node.layout.model_logs(self.case.name, model)
+
+    @property
+    def local_project(self) -> Path:
+        """The project tree on this machine (assets the harness itself sends live there)."""
+        return Path(str(self.local.host_layout.root))
+
+    def local_file(self, model: str, name: str) -> Path:
+        """A file in the model's log directory on this machine (e.g. curl_response.log)."""
+        return Path(str(self.local.on_host(self.model_logs(self.local, model) / name)))
+
+    def each_model(self, models: Sequence[str], body: Callable[[str], None]) -> None:
+        """Run `body` per model; everything it started is stopped on both hosts, and their GPUs
+        drained, before the next model. Every model runs; the case fails if any did, naming the
+        first failure."""
+        failures: list[tuple[str, HarnessError]] = []
+        for index, model in enumerate(models):
+            if failures and self.kept_servers is not None:
+                # KEEP_ON_FAILURE: the failed model's servers stay up; the run stops here
+                self.result.models[model] = (f"Fail: not run (KEEP_ON_FAILURE kept the "
+                                             f"servers of {failures[0][0]})")
+                continue
+            try:
+                self._one_model(model, body)
+                if index + 1 < len(models):  # between models; the reset covers after the last
+                    self._wait_gpus_drained(model)
+                self.result.models[model] = "Pass"
+            except HarnessError as exc:
+                self.result.models[model] = f"Fail: {exc}"
+                log.error("%s: %s failed: %s", self.case.name, model, exc.details())
+                failures.append((model, exc))
+        if failures:
+            model, first = failures[0]
+            more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
+            first.message = f"{model}: {first.message}{more}"
+            raise first
+
+    def _one_model(self, model: str, body: Callable[[str], None]) -> None:
+        outer = self._stack, self._servers, self._scope
+        try:
+            with ExitStack() as stack:
+                self._stack, self._servers, self._scope = stack, None, model
+                stack.callback(self.stop_leftovers)  # after this model's own stops
+                for node in self.nodes:
+                    node.host.mkdir(node.on_host(self.model_logs(node, model)))
+                try:
+                    body(model)
+                except HarnessError:
+                    if self.keeps_failures:
+                        self.kept_servers = list(self._servers or [])
+                        stack.pop_all()  # nothing of this model is stopped
+                    raise
+        finally:
+            self._stack, self._servers, self._scope = outer
+
+    @property
+    def keeps_failures(self) -> bool:
+        """KEEP_ON_FAILURE=true and not stopping on Ctrl-C/SIGTERM (that still stops all)."""
+        return self.keep_on_failure and not self.cancel.is_set()
+
+    def in_model_scope(self, model: str, body: Callable[[str], None]) -> None:
+        """Run `body(model)` as `each_model` runs one model: what it starts is stopped when it
+        returns or raises (`invoke serve` holds its servers inside one)."""
+        self._one_model(model, body)
+
+    @property
+    def servers(self) -> list[Server]:
+        """The servers started so far in the current scope (the model, or the case)."""
+        return list(self._servers or [])
+
+    def _wait_gpus_drained(self, model: str) -> None:
+        """The next model's engines need the memory this one held (vLLM refuses to start
+        below --gpu-memory-utilization): wait for it, read as the host reset reads it."""
+        def drain(node: Node, cancel: Cancel) -> None:
+            with self.timeline.span(node.name, "drain", f"after {model}",
+                                    case=self.case.name):
+                seen = wait_for_drain(gpu_source_for(node, self.settings), cancel=cancel,
+                                      timeout_s=self.settings.timeout_gpu_drain_s,
+                                      host=node.name)
+            if not seen.drained:
+                used = format_used(seen.last.used_mb) if seen.last else "no reading"
+                raise HarnessError(f"GPU memory still used {seen.waited_s:.1f}s after the "
+                                   f"servers of {model} stopped: {used}", host=node.name)
+            log.info("%s: GPU memory drained %.1fs after %s stopped", node.name, seen.waited_s,
+                     model)
+
+        with self.step(f"{model}: gpu drain"):
+            fan_out([lambda cancel, node=node: drain(node, cancel) for node in self.nodes],
+                    self.cancel, "gpu drain")
+
+    # --- processes ----------------------------------------------------------------------------
+    def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,
+               ready: Sequence[Rule], env: Mapping[str, str] | None = None,
+               pythonpath: Sequence[str] = (), cwd: object = None,
+               kind: str = "server") -> Server:
+        """A server that is stopped when the case (or the model) ends, whatever happens:
+        the servers of one scope are stopped all at once, on both hosts."""
+        server = Server(name, node, list(argv), self.case.name, log, list(ready),
+                        dict(env or {}), list(pythonpath), cwd, self.cancel, self.timeline,
+                        kind)
+        if self._servers is None:
+            self._servers = []
+            self._stack.callback(self._stop_all, self._servers,
+                                 f"{self._scope}: stop" if self._scope else "stop")
+        self._servers.append(server)
+        return server
+
+    def stop_leftovers(self) -> None:
+        """The backstop: stop every process group a PID file of this case still names, on
+        every node (a spawn whose answer was lost, a server a failed step never handed back).
+        Not when KEEP_ON_FAILURE kept a failed model's servers: they are what is left."""
+        if self.kept_servers is not None:
+            return
+        for node in self.nodes:
+            try:
+                left = node.stop_all(self.case.name, self.settings.timeout_stop_s)
+            except HarnessError as exc:
+                note = (f"could not stop the processes of {self.case.name} on {node.name}: "
+                        f"{exc.message}")
+                log.error("%s", note)
+                self.result.cleanup_errors.append(note)
+                continue
+            if left:
+                log.warning("%s: stopped what %s left behind: %s", node.name, self.case.name,
+                            ", ".join(left))
+
+    def _stop_all(self, servers: list[Server], step: str) -> None:
+        """Stop every server of a scope at once. Cleanup must reach every server: a stop that
+        fails (a host gone) is recorded and the others are still stopped; it never hides the
+        case's own failure. It is not cancelled by Ctrl-C: it is what Ctrl-C waits for."""
+        def stop(server: Server) -> None:
+            try:
+                server.stop(self.settings.timeout_stop_s)
+            except HarnessError as exc:
+                note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
+                log.error("%s: %s", self.case.name, note)
+                self.result.cleanup_errors.append(note)
+        with self.result.timed(step):
+            fan_out([lambda _, server=server: stop(server) for server in servers], Cancel(),
+                    "server stop")
+
+    def post(self, url: str, payload: dict, timeout_s: float, model: str, *,
+             server: str) -> tuple[int, str]:
+        """The case's request (harness.run.answers.post), its answer saved to the model's
+        curl_response.log; a span of kind `request` on this host's timeline."""
+        save_to = self.local_file(model, answers.RESPONSE_LOG)
+        path = url.split("/", 3)[-1] if url.count("/") >= 3 else url
+        ref = log_ref(self.local.host_layout.logs, save_to)
+        with self.timeline.span(self.local.name, "request", f"{model}: POST /{path}",
+                                case=self.case.name, log=ref) as span:
+            status, body = answers.post(url, payload, timeout_s, save_to, server=server)
+            if status != 200:
+                span.outcome = f"HTTP {status}"
+        return status, body
+
+    def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                    pythonpath: Sequence[str] = (), cwd: object = None,
+                    node: Node | None = None) -> None:
+        """Run a single-host case's command in the background into `<case>.log`; wait for it.
+
+        Running it as a spawned group (not a blocking exec) lets Ctrl-C stop it and everything
+        it started, inside a container too.
+        """
+        node = node or self.local
+        log_path = node.layout.case_log(self.case.name)
+        server = self.server("payload", node, argv, log=log_path, ready=(), env=env,
+                             pythonpath=pythonpath, cwd=cwd, kind="payload")
+        server.start()
+        proc = server.proc
+        assert proc is not None
+        next_alive_check = time.monotonic() + 1.0
+        echo = _ConsoleEcho(node, log_path)
+
+        def finished() -> tuple[bool, str]:
+            nonlocal next_alive_check
+            echo.more()
+            if proc.exit_code() is not None:
+                echo.rest()
+                return True, ""
+            if time.monotonic() >= next_alive_check:
+                next_alive_check = time.monotonic() + 1.0
+                if not node.alive(proc.pgid) and proc.exit_code() is None:
+                    raise ServerExited("payload is gone without an exit status (killed?)",
+                                       host=node.name, log_tail=server.log_tail())
+            return False, "still running"
+
+        try:
+            done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
+                                    awaited=f"the payload on {node.name}", cancel=self.cancel,
+                                    detail=server.last_log_line)
+        except BaseException as exc:
+            if server.span is not None:
+                server.span.failed(exc)
+            raise
+        if server.span is not None:  # the payload's span ends when it exits, not at its stop
+            code = proc.exit_code()
+            server.span.close("timed out" if not done else "ok" if code == 0 else f"exit {code}")
+        if not done:
+            raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
+                             host=node.name, log_tail=server.log_tail())
+        code = proc.exit_code()
+        # The stop registered above still runs: it ends anything the payload left in its group.
+        if code != 0:
+            raise CaseFailed(f"payload exited with status {code}", host=node.name,
+                             log_tail=tail(server.log_tail(40), 40),
+                             hint=f"see {log_path.name} in the case's log dir")
+
+
+class _ConsoleEcho:
+    """A payload's output on the console as well as in `<case>.log`, as the old scripts' `tee`
+    did (T-One's job log is the console): what the log gained since the last look, by lines."""
+
+    def __init__(self, node: Node, log_path: PurePosixPath) -> None:
+        self.log = LogFollower(node, log_path)
+
+    def more(self) -> None:
+        lines = self.log.new_lines()
+        if lines:
+            print(lines, flush=True)
+
+    def rest(self) -> None:
+        self.more()
+        if self.log.partial:
+            print(self.log.partial, flush=True)
+            self.log.partial = ""
