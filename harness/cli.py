@@ -24,8 +24,9 @@ from harness.run import cases as case_registry
 from harness import redaction
 from harness.errors import HarnessError, SettingsError
 from harness.layout import Layout
-from harness.results.outcome import (DEMO_LABEL, CaseResult, failed_cases, read_run_summary,
-                                     write_case_result, write_run_summary)
+from harness.results.outcome import DEMO_LABEL, CaseResult, write_case_result, write_run_summary
+from harness.results.status import Outcome
+from harness.results.summary import failed_cases, read_run_summary
 from harness.settings import PROJECT_ROOT, Settings, help_text
 
 EXIT_BAD_INPUT = 2
@@ -187,7 +188,7 @@ def _fail_asked(layout: Layout, names: list[str], reason: str,
         for suffix in (".sh", ".py"):
             bare = bare.removesuffix(suffix)
         if _SAFE_NAME.match(bare):
-            results.append(CaseResult(bare, reason=reason, group=groups.get(bare, "")))
+            results.append(CaseResult(bare, Outcome.FAILED, reason, group=groups.get(bare, "")))
     try:
         for result in results:
             write_case_result(layout, result)

@@ -48,7 +48,7 @@ write_fail() {
     write_atomic "$logs/$case/test_results.json" \
       "{\"test_case\": \"$case\", \"status\": \"Fail\", \"timestamp\": \"$stamp\"}" || return 1
     write_atomic "$logs/$case/case_summary.json" \
-      "{\"case\": \"$case\", \"status\": \"Fail\", \"reason\": \"$(json_string "$reason")\", \"step\": \"scripts/run_test.sh\", \"ended\": \"$stamp\"}" \
+      "{\"case\": \"$case\", \"status\": \"Fail\", \"outcome\": \"failed\", \"reason\": \"$(json_string "$reason")\", \"step\": \"scripts/run_test.sh\", \"ended\": \"$stamp\"}" \
       || return 1
   done
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from harness.layout import RUN_SUMMARY_FILE
 from harness.files import write_text_atomic
+from harness.results.status import entry_passed
 
 JUNIT_FILE = "junit.xml"
 # Characters XML 1.0 cannot hold (control characters other than tab and newlines), which engine
@@ -59,7 +60,7 @@ def _testcase(suite: ET.Element, group: str, entry: dict) -> None:
         for name, value in facts.items():
             ET.SubElement(props, "property", name=name, value=str(value))
     model_lines = [f"{m}: {outcome}" for m, outcome in models.items()]
-    if entry.get("status") != "Pass":
+    if not entry_passed(entry):
         reason = entry.get("reason") or "failed"
         where = [f"{k}: {entry[k]}" for k in ("step", "host", "server") if entry.get(k)]
         failure = ET.SubElement(case, "failure", message=reason.splitlines()[0],

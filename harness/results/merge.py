@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import SettingsError
-from harness.results.junit import write_junit
 from harness.layout import RUN_SUMMARY_FILE
 from harness.results.report import write_report
-from harness.files import write_json_atomic, write_text_atomic
-from harness.results.outcome import read_summary_file
+from harness.files import write_text_atomic
+from harness.results.status import all_passed, entry_passed
+from harness.results.summary import read_summary_file, write_summary
 from harness.settings import PROJECT_ROOT
 
 EXIT_BAD_INPUT = 2
@@ -46,7 +46,7 @@ def merge_command(dirs: list[str], out: str | None, *, default_out: Path) -> int
         return EXIT_BAD_INPUT
     summary = json.loads((logs / RUN_SUMMARY_FILE).read_text())
     cases = summary["cases"]
-    passed = sum(c["status"] == "Pass" for c in cases)
+    passed = sum(entry_passed(c) for c in cases)
     print(f"merged {len(dirs)} run trees into {logs}: {passed} of {len(cases)} cases passed")
     return 0 if summary["passed"] else 1
 
@@ -65,8 +65,7 @@ def merge_trees(dirs: list[Path], out: Path) -> Path:
         if (tree.logs / "harness.log").is_file():
             shutil.copy2(tree.logs / "harness.log", out / f"harness-{tree.n}.log")
     _join_timelines(trees, out)
-    write_json_atomic(out / RUN_SUMMARY_FILE, merged_summary(trees))
-    write_junit(out)
+    write_summary(out, merged_summary(trees))
     write_report(out)
     return out
 
@@ -119,7 +118,7 @@ def merged_summary(trees: list[Tree]) -> dict:
         "duration_s": max(float(t.summary.get("duration_s") or 0) for t in trees),
         "prep_s": {f"{t.n}:{step}": s for t in trees
                    for step, s in (t.summary.get("prep_s") or {}).items()},
-        "passed": bool(cases) and all(c.get("status") == "Pass" for c in cases),
+        "passed": all_passed(cases),
         "cases": cases,
         "trees": [{"n": t.n, "logs": str(t.logs), "harness_log": f"harness-{t.n}.log",
                    **{k: t.summary.get(k) for k in ("group", "pr_id", "finished",

@@ -7,23 +7,16 @@ and to `run/logs/run_summary.json`.
 from __future__ import annotations
 
 import datetime as dt
-import enum
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 from contextlib import contextmanager
 
-from harness.errors import SettingsError
 from harness.files import write_json_atomic
 from harness.layout import Layout
-from harness.results.junit import write_junit
-
-
-class Status(str, enum.Enum):
-    PASS = "Pass"
-    FAIL = "Fail"
+from harness.results.status import Outcome, Status, all_passed
+from harness.results.summary import write_summary
 
 
 def utc_timestamp(when: float | None = None) -> str:
@@ -35,7 +28,7 @@ def utc_timestamp(when: float | None = None) -> str:
 class CaseResult:
     """How one case ended, with the detail that `test_results.json` must not carry."""
     case: str
-    status: Status = Status.FAIL
+    outcome: Outcome = Outcome.UNFINISHED
     reason: str = ""
     step: str = ""
     host: str = ""
@@ -51,8 +44,21 @@ class CaseResult:
     mooncake: dict | None = None  # simulated runs: what Mooncake moved (results/transfers.py)
 
     @property
+    def status(self) -> Status:
+        return self.outcome.status
+
+    @property
     def passed(self) -> bool:
-        return self.status is Status.PASS
+        return self.outcome is Outcome.PASSED
+
+    @property
+    def decided(self) -> bool:
+        """Whether the case has its verdict (an unfinished one gets "run did not finish")."""
+        return self.outcome is not Outcome.UNFINISHED
+
+    def end(self, outcome: Outcome, reason: str = "") -> None:
+        """Decide the case: its outcome and, for anything but a pass, why."""
+        self.outcome, self.reason = outcome, reason
 
     @contextmanager
     def timed(self, step: str) -> Iterator[None]:
@@ -64,8 +70,8 @@ class CaseResult:
             self.steps_s[step] = round(self.steps_s.get(step, 0.0) + time.monotonic() - start, 3)
 
     def to_summary(self) -> dict:
-        data = asdict(self)
-        data["status"] = self.status.value
+        data = {"case": self.case, "status": self.status.value, **asdict(self)}
+        data["outcome"] = self.outcome.value
         data["started"] = utc_timestamp(self.started)
         data["ended"] = utc_timestamp(self.ended) if self.ended is not None else None
         data["duration_s"] = round(self.duration_s, 3)
@@ -92,7 +98,7 @@ def write_case_result(layout: Layout, result: CaseResult) -> None:
 def write_unfinished(layout: Layout, case: str, group: str = "") -> CaseResult:
     """A case's verdict until it ends: `Fail`, "run did not finish". Written before anything
     else runs, so a run killed at any point (SIGKILL, OOM) never leaves an older run's status."""
-    result = CaseResult(case, reason=UNFINISHED, group=group)
+    result = CaseResult(case, Outcome.UNFINISHED, reason=UNFINISHED, group=group)
     write_case_result(layout, result)
     return result
 
@@ -107,18 +113,17 @@ def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, 
     rerun updates; this run's results replace theirs, the others stand. `settings`:
     `Settings.env_items()`, the non-secret settings as `.shrc` shows them."""
     cases = updated_cases(earlier or [], [r.to_summary() for r in results])
-    write_json_atomic(Path(layout.run_summary), {
+    write_summary(Path(layout.logs), {
         "group": group,
         "pr_id": pr_id,
         "finished": utc_timestamp() if finished else None,
         "duration_s": round(duration_s, 3),
         "prep_s": prep_s,
-        "passed": bool(cases) and all(c["status"] == Status.PASS.value for c in cases),
+        "passed": all_passed(cases),
         "cases": cases,
         **({"reran": [r.case for r in results]} if earlier else {}),
         "settings": dict(settings or ()),
     })
-    write_junit(Path(layout.logs))
 
 
 def updated_cases(earlier: list[dict], current: list[dict]) -> list[dict]:
@@ -127,32 +132,6 @@ def updated_cases(earlier: list[dict], current: list[dict]) -> list[dict]:
     by_case = {entry["case"]: entry for entry in current}
     merged = [by_case.pop(entry["case"], entry) for entry in earlier]
     return merged + [entry for entry in current if entry["case"] in by_case]
-
-
-def failed_cases(summary: dict) -> list[str]:
-    """The cases a run summary does not record as passed (failed, or never finished)."""
-    return [c["case"] for c in summary["cases"] if c.get("status") != Status.PASS.value]
-
-
-def read_run_summary(layout: Layout) -> dict:
-    """The run summary of the tree at `layout` (see read_summary_file)."""
-    return read_summary_file(Path(layout.run_summary))
-
-
-def read_summary_file(path: Path) -> dict:
-    """A run summary file; SettingsError (one line) when it is missing, unreadable or holds no
-    list of named cases (rerun reads the last run's, merge each host pair's)."""
-    try:
-        summary = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SettingsError(f"no run summary at {path}") from None
-    except (OSError, ValueError) as exc:
-        raise SettingsError(f"{path} is not a readable run summary ({exc})") from None
-    if not (isinstance(summary, dict) and isinstance(summary.get("cases"), list)
-            and all(isinstance(c, dict) and isinstance(c.get("case"), str)
-                    for c in summary["cases"])):
-        raise SettingsError(f"{path} is not a readable run summary (no list of named cases)")
-    return summary
 
 
 def summary_table(results: list[CaseResult]) -> str:

@@ -21,6 +21,7 @@ from harness import redaction
 from harness.files import write_text_atomic
 from harness.layout import CASE_SUMMARY_FILE, REPORT_FILE, RUN_SUMMARY_FILE, TIMELINE_FILE
 from harness.results.report_timeline import Axis, axis_svg, case_bands, clock, host_svg
+from harness.results.status import entry_passed
 from harness.results.timeline import read_spans
 
 CSS = """
@@ -113,7 +114,7 @@ def _log_files(logs: Path) -> list[str]:
 
 # --- the sections ------------------------------------------------------------------------------
 def _verdict(summary: dict, cases: list[dict]) -> str:
-    failed = [c for c in cases if c.get("status") != "Pass"]
+    failed = [c for c in cases if not entry_passed(c)]
     ok = bool(cases) and not failed
     head = (f"PASSED: all {len(cases)} cases passed" if ok else
             f"FAILED: {len(failed)} of {len(cases)} cases failed" if cases else

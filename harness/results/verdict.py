@@ -14,8 +14,8 @@ from pathlib import Path
 
 from harness.errors import SettingsError
 from harness.layout import Layout
-from harness.results.outcome import (failed_cases, read_run_summary, write_run_summary,
-                                     write_unfinished)
+from harness.results.outcome import write_run_summary, write_unfinished
+from harness.results.summary import failed_cases, read_run_summary
 
 GROUPS = ("SGLANG", "VLLM")
 

@@ -26,8 +26,9 @@ from harness.run.keep import Kept, liveness, reach_text
 from harness.layout import Layout
 from harness.hosts.nodes import HostNode, Node
 from harness.results.report import write_report
-from harness.results.outcome import (UNFINISHED, CaseResult, Status, summary_table, updated_cases,
+from harness.results.outcome import (UNFINISHED, CaseResult, summary_table, updated_cases,
                                      write_case_result, write_run_summary, write_unfinished)
+from harness.results.status import Outcome, entry_passed
 from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
 from harness.results.timeline import Timeline
 from harness.waiting import Cancel, set_progress_every
@@ -144,7 +145,7 @@ def _run_case(run: Run, case: Case) -> None:
         if result.cleanup_errors:  # it passed, but left something running somewhere
             raise HarnessError("cleanup failed: " + "; ".join(result.cleanup_errors),
                                step="cleanup")
-        result.status = Status.PASS
+        result.end(Outcome.PASSED)
     except KeyboardInterrupt:
         raise
     except HarnessError as exc:
@@ -156,7 +157,7 @@ def _run_case(run: Run, case: Case) -> None:
         result.duration_s = time.monotonic() - start
         if run.settings.harness_sim:
             _note_transfers(run, result)
-        if result.reason or result.status is Status.PASS:
+        if result.decided:
             result.ended = time.time()
             write_case_result(run.layout, result)
             _write_summary(run, finished=False)
@@ -183,8 +184,9 @@ def _stop_for_keep(run: Run) -> None:
     assert kept is not None
     run.env.keep_containers = True
     for result in run.results.values():
-        if not result.reason and result.status is not Status.PASS:
-            result.reason, result.step = kept.not_run_reason(), "keep"
+        if not result.decided:
+            result.end(Outcome.NOT_RUN, kept.not_run_reason())
+            result.step = "keep"
     try:
         alive = liveness(kept.servers)
     except HarnessError as exc:  # a host gone: say what was kept all the same
@@ -210,9 +212,9 @@ def _collect_logs(run: Run, case: str) -> None:
         log.warning("could not copy the remote logs of %s: %s", case, exc)
 
 
-def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = False) -> None:
-    result.status = Status.FAIL
-    result.reason = str(exc)
+def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = False,
+                    outcome: Outcome = Outcome.FAILED) -> None:
+    result.end(outcome, str(exc))
     result.step = exc.step or ""
     result.host = exc.host or ""
     result.server = exc.server or ""
@@ -226,11 +228,13 @@ def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = Fals
 def _fail_unfinished(run: Run, exc: HarnessError) -> None:
     """A run-level failure (bad input, prep, unhealthy host): every case not yet decided fails."""
     log.error("%s", exc.details())
+    outcome = (Outcome.INTERRUPTED if isinstance(exc, Interrupted) else
+               Outcome.UNHEALTHY if exc.step == "reset" else Outcome.FAILED)
     for result in run.results.values():
-        if not result.reason and result.status is not Status.PASS:
-            prefix = "environment unhealthy; case not run: " if exc.step == "reset" else ""
-            _record_failure(result, exc, quiet=True)
-            result.reason = prefix + result.reason
+        if not result.decided:
+            _record_failure(result, exc, quiet=True, outcome=outcome)
+            if outcome is Outcome.UNHEALTHY:
+                result.reason = "environment unhealthy; case not run: " + result.reason
 
 
 def _interrupted(run: Run) -> None:
@@ -267,7 +271,7 @@ def _finish(run: Run) -> None:
     if run.earlier is not None:  # a rerun: what the tree it updated says now
         tree = updated_cases(run.earlier, [r.to_summary() for r in results])
         print(f"the whole tree ({run.layout.run_summary}): "
-              f"{sum(c['status'] == Status.PASS.value for c in tree)} of {len(tree)} cases "
+              f"{sum(map(entry_passed, tree))} of {len(tree)} cases "
               "passed", flush=True)
 
 

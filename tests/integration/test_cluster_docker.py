@@ -84,6 +84,7 @@ def test_gpu_leak_stops_the_run_as_unhealthy(project, cluster_env, docker_client
     for case in ("test_epd_sglang", "test_moe_mooncake"):
         summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
         assert summary["reason"].startswith("environment unhealthy"), summary["reason"]
+        assert summary["outcome"] == "environment unhealthy", summary
         assert summary["step"] == "reset" and summary["host"] == "remote"
         assert "GPU memory still used" in summary["reason"]
     assert not (project / "run/logs/test_epd_sglang/Qwen__Qwen2.5-VL-7B-Instruct").exists()

@@ -70,12 +70,13 @@ def test_keep_on_failure_stops_the_run_and_leaves_the_servers_up(project, cluste
     assert [status_of(project, c) for c in SGLANG_CASES] == ["Pass", "Pass", "Fail", "Fail",
                                                              "Fail"]
     failed = json.loads((project / "run/logs/test_1p1d_erdma/case_summary.json").read_text())
-    assert "HTTP 500" in failed["reason"], failed
+    assert "HTTP 500" in failed["reason"] and failed["outcome"] == "failed", failed
     assert failed["models"]["deepseek-ai/DeepSeek-V2-Lite"].startswith("Fail: not run"), failed
     for case in ("test_epd_sglang", "test_moe_mooncake"):
-        reason = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())[
-            "reason"]
+        summary = json.loads((project / f"run/logs/{case}/case_summary.json").read_text())
+        reason = summary["reason"]
         assert "KEEP_ON_FAILURE" in reason and "test_1p1d_erdma's servers" in reason, reason
+        assert summary["outcome"] == "not run", summary
     assert "=== test_epd_sglang" not in out  # really not run
 
     # the block at the end says how to reach and stop them, and what it says is true

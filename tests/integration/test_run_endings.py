@@ -120,6 +120,7 @@ def test_sigkill_leaves_fail_for_every_unfinished_case_never_an_older_pass(proje
     assert summary["finished"] is None
     assert [(c["case"], c["status"]) for c in summary["cases"]] == [
         (case, status) for case, (status, _) in seen.items()]
+    assert [c["outcome"] for c in summary["cases"]] == ["passed"] + ["unfinished"] * 4
     (suite,) = JUnitXml.fromfile(str(project / "run/logs/junit.xml"))
     assert (suite.name, suite.tests, suite.failures) == ("SGLANG", 5, 4)
     unfinished = {case.name: case.result[0].message for case in suite if not case.is_passed}
@@ -166,5 +167,9 @@ def test_sigterm_at_each_point_of_a_run(project, tmp_path, point, line, delay, v
     assert failed, f"{point}: every case passed although the run was stopped"
     assert any("interrupted" in reason(project, case) for case in failed), [
         reason(project, case) for case in failed]
+    outcomes = {c["case"]: c["outcome"] for c in json.loads(
+        (project / "run/logs/run_summary.json").read_text())["cases"]}
+    assert "interrupted" in outcomes.values(), outcomes
+    assert all(outcomes[case] in ("interrupted", "failed") for case in failed), outcomes
     for case in failed:
         assert f"{case}: Fail" in console  # the console line the old scripts printed

@@ -8,7 +8,9 @@ from junitparser import Failure, JUnitXml, Properties, Property
 from harness.results import outcome as results
 from harness.results.junit import write_junit
 from harness.layout import Layout
-from harness.results.outcome import CaseResult, Status
+from harness.results.outcome import CaseResult
+from harness.results.status import Outcome
+from harness.results.summary import failed_cases
 
 
 def summary_with(tmp_path: Path, cases: list[CaseResult], **kw) -> Path:
@@ -23,7 +25,7 @@ def suites(logs: Path) -> dict:
 
 def test_a_testsuite_per_group_and_a_testcase_per_case_with_its_time(tmp_path):
     logs = summary_with(tmp_path, [
-        CaseResult("hicache", Status.PASS, duration_s=12.5, group="SGLANG"),
+        CaseResult("hicache", Outcome.PASSED, duration_s=12.5, group="SGLANG"),
         CaseResult("pd", reason="decode exited with status 1", step="start servers",
                    host="remote", server="decode", duration_s=3.25, group="SGLANG",
                    models={"Org/A": "Pass", "Org/B": "Fail: decode exited"},
@@ -60,15 +62,15 @@ def test_the_summary_of_a_run_in_progress_is_not_finished(tmp_path):
 
 
 def test_a_rerun_replaces_its_cases_and_keeps_the_others_in_place(tmp_path):
-    earlier = [CaseResult(n, Status.PASS if n != "b" else Status.FAIL, group="SGLANG",
+    earlier = [CaseResult(n, Outcome.PASSED if n != "b" else Outcome.FAILED, group="SGLANG",
                           reason="" if n != "b" else "boom").to_summary() for n in "abc"]
-    logs = summary_with(tmp_path, [CaseResult("b", Status.PASS, group="SGLANG")],
+    logs = summary_with(tmp_path, [CaseResult("b", Outcome.PASSED, group="SGLANG")],
                         earlier=earlier)
     summary = json.loads((logs / "run_summary.json").read_text())
     assert [(c["case"], c["status"]) for c in summary["cases"]] == [
         ("a", "Pass"), ("b", "Pass"), ("c", "Pass")]
     assert summary["passed"] is True and summary["reran"] == ["b"]
-    assert results.failed_cases(summary) == []
+    assert failed_cases(summary) == []
     assert suites(logs)["SGLANG"].tests == 3
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from junitparser import JUnitXml
 
 from harness.layout import Layout
-from harness.results.outcome import CaseResult, Status, write_case_result, write_run_summary
+from harness.results.outcome import CaseResult, write_case_result, write_run_summary
+from harness.results.status import Outcome, Status
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -19,7 +20,7 @@ def host_pair_tree(root: Path, cases: dict[str, Status], *, timeline: str | None
     """What one host pair's job leaves: run/logs with its cases, harness.log and summary."""
     layout = Layout.at(root)
     results = [CaseResult(name, status, group="SGLANG", duration_s=2.0,
-                          reason="" if status is Status.PASS else "decode exited")
+                          reason="" if status is Outcome.PASSED else "decode exited")
                for name, status in cases.items()]
     for result in results:
         write_case_result(layout, result)
@@ -39,11 +40,11 @@ def merge(*args: object, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_two_host_pairs_become_one_tree(tmp_path):
-    first = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Status.PASS,
-                                                "test_1p1d_erdma": Status.FAIL},
+    first = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Outcome.PASSED,
+                                                "test_1p1d_erdma": Outcome.FAILED},
                            timeline='{"a": 1}\n')
     second = host_pair_tree(tmp_path / "pair2", {"test_hicache_storage_mooncake_backend":
-                                                 Status.PASS}, timeline='{"b": 2}')
+                                                 Outcome.PASSED}, timeline='{"b": 2}')
     out = tmp_path / "merged"
     done = merge(first, tmp_path / "pair2", "--out", out, cwd=tmp_path)  # a dir holding run/logs
     assert done.returncode == 1, done.stderr  # merged, and one case failed
@@ -69,8 +70,8 @@ def test_two_host_pairs_become_one_tree(tmp_path):
 
 
 def test_a_case_in_two_trees_is_refused_naming_both(tmp_path):
-    first = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Status.PASS})
-    second = host_pair_tree(tmp_path / "pair2", {"test_moe_mooncake": Status.FAIL})
+    first = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Outcome.PASSED})
+    second = host_pair_tree(tmp_path / "pair2", {"test_moe_mooncake": Outcome.FAILED})
     done = merge(first, second, "--out", tmp_path / "merged", cwd=tmp_path)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
@@ -79,7 +80,7 @@ def test_a_case_in_two_trees_is_refused_naming_both(tmp_path):
 
 
 def test_bad_dirs_get_one_line_and_exit_2(tmp_path):
-    tree = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Status.PASS})
+    tree = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Outcome.PASSED})
     (tmp_path / "empty").mkdir()
     (tmp_path / "broken/run/logs").mkdir(parents=True)
     (tmp_path / "broken/run/logs/run_summary.json").write_text("{not json")
@@ -97,7 +98,7 @@ def test_bad_dirs_get_one_line_and_exit_2(tmp_path):
 
 def test_the_default_output_is_run_logs_of_this_checkout(project, tmp_path):
     """Merged where tone-cli and people look: run/logs of the project the harness runs from."""
-    tree = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Status.PASS})
+    tree = host_pair_tree(tmp_path / "pair1", {"test_moe_mooncake": Outcome.PASSED})
     done = subprocess.run([sys.executable, "-m", "harness", "merge", str(tree)], cwd=project,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

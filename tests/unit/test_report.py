@@ -8,7 +8,8 @@ from urllib.parse import unquote
 from harness import redaction
 from harness.layout import Layout
 from harness.results.report import write_report
-from harness.results.outcome import CaseResult, Status, write_case_result, write_run_summary
+from harness.results.outcome import CaseResult, write_case_result, write_run_summary
+from harness.results.status import Outcome
 from harness.settings import Settings
 
 TOKEN = "ghp_unitReportToken987654321"
@@ -47,7 +48,7 @@ def small_tree(root: Path, monkeypatch) -> Path:
     redaction.remember(TOKEN)
     layout = Layout.at(root)
     logs = Path(layout.logs)
-    good = CaseResult("case_ok", Status.PASS, duration_s=2.5, models={"Org/M": "Pass"})
+    good = CaseResult("case_ok", Outcome.PASSED, duration_s=2.5, models={"Org/M": "Pass"})
     bad = CaseResult("case_bad", reason=f"decode exited {EVIL}", step="M: start", host="remote",
                      server="decode", duration_s=1.25, log_tail=f"Traceback {EVIL}\n{TOKEN}",
                      models={"Org/M": f"Fail: [step M: start] decode exited {EVIL}"})

@@ -2,12 +2,13 @@ import json
 import re
 
 from harness.layout import Layout, model_dir_name
-from harness.results.outcome import CaseResult, Status, summary_table, write_case_result
+from harness.results.outcome import CaseResult, summary_table, write_case_result
+from harness.results.status import Outcome
 
 
 def test_results_file_is_exactly_the_spec_format(tmp_path):
     layout = Layout.at(tmp_path)
-    result = CaseResult("test_x", Status.FAIL, reason="decode server crashed", step="start")
+    result = CaseResult("test_x", Outcome.FAILED, reason="decode server crashed", step="start")
     write_case_result(layout, result)
     data = json.loads((tmp_path / "run/logs/test_x/test_results.json").read_text())
     assert set(data) == {"test_case", "status", "timestamp"}
@@ -19,8 +20,8 @@ def test_results_file_is_exactly_the_spec_format(tmp_path):
 
 
 def test_summary_table_shows_reason_first_line():
-    rows = [CaseResult("a", Status.PASS, duration_s=1.25),
-            CaseResult("bb", Status.FAIL, reason="boom\nmore", duration_s=3)]
+    rows = [CaseResult("a", Outcome.PASSED, duration_s=1.25),
+            CaseResult("bb", Outcome.FAILED, reason="boom\nmore", duration_s=3)]
     table = summary_table(rows)
     assert "Pass" in table and re.search(r"1\.[23]s", table)
     assert "boom" in table and "more" not in table

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.results import outcome as results
+from harness.files import write_json_atomic
 from harness.layout import Layout
-from harness.results.outcome import CaseResult, Status
+from harness.results.outcome import CaseResult
+from harness.results.status import Outcome, Status
 
 SPEC_LINE = re.compile(r'\{"test_case": "(?P<case>[^"]+)", "status": "(?P<status>Pass|Fail)", '
                        r'"timestamp": "(?P<ts>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ)"\}\n')
@@ -29,8 +31,8 @@ def results_file(root: Path, case: str) -> Path:
 
 def test_results_file_is_the_old_scripts_one_line(tmp_path):
     layout = Layout.at(tmp_path)
-    results.write_case_result(layout, CaseResult("test_a", Status.PASS, reason="fine"))
-    results.write_case_result(layout, CaseResult("test_b", Status.FAIL, reason="boom"))
+    results.write_case_result(layout, CaseResult("test_a", Outcome.PASSED, reason="fine"))
+    results.write_case_result(layout, CaseResult("test_b", Outcome.FAILED, reason="boom"))
     for case, status in (("test_a", "Pass"), ("test_b", "Fail")):
         text = results_file(tmp_path, case).read_text()
         match = SPEC_LINE.fullmatch(text)
@@ -41,7 +43,7 @@ def test_results_file_is_the_old_scripts_one_line(tmp_path):
 
 def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
     ended = 1765198220.0  # 2025-12-08T12:50:20Z
-    result = CaseResult("test_a", Status.PASS, started=ended - 3600)
+    result = CaseResult("test_a", Outcome.PASSED, started=ended - 3600)
     result.ended = ended
     results.write_case_result(Layout.at(tmp_path), result)
     match = SPEC_LINE.fullmatch(results_file(tmp_path, "test_a").read_text())
@@ -49,9 +51,10 @@ def test_results_timestamp_is_utc_when_the_case_ended(tmp_path):
     summary = json.loads((tmp_path / "run/logs/test_a/case_summary.json").read_text())
     assert summary["started"] == "2025-12-08T11:50:20Z"
     assert summary["ended"] == "2025-12-08T12:50:20Z"
-    assert set(summary) == {"case", "status", "reason", "step", "host", "server", "started",
-                            "ended", "duration_s", "steps_s", "models", "cleanup_errors",
-                            "log_tail", "group", "mooncake"}
+    assert summary["status"] == "Pass" and summary["outcome"] == "passed"
+    assert set(summary) == {"case", "status", "outcome", "reason", "step", "host", "server",
+                            "started", "ended", "duration_s", "steps_s", "models",
+                            "cleanup_errors", "log_tail", "group", "mooncake"}
 
 
 @pytest.fixture
@@ -73,7 +76,7 @@ def test_utc_timestamp_format(far_from_utc):
 
 
 def test_case_summary_is_indented_json_and_says_when_the_case_ended(tmp_path):
-    result = CaseResult("test_a", Status.PASS)
+    result = CaseResult("test_a", Outcome.PASSED)
     assert result.to_summary()["ended"] is None and result.to_summary()["status"] == "Pass"
     results.write_case_result(Layout.at(tmp_path), result)
     text = (tmp_path / "run/logs/test_a/case_summary.json").read_text()
@@ -83,7 +86,7 @@ def test_case_summary_is_indented_json_and_says_when_the_case_ended(tmp_path):
 
 
 def test_case_summary_carries_the_detail_test_results_must_not(tmp_path):
-    result = CaseResult("test_a", Status.FAIL, reason="decode crashed\nline 2", step="start",
+    result = CaseResult("test_a", Outcome.FAILED, reason="decode crashed\nline 2", step="start",
                         host="remote", server="decode", duration_s=12.34567,
                         models={"m": "Fail"}, cleanup_errors=["x left"], log_tail="tail")
     with result.timed("start"):
@@ -114,7 +117,7 @@ def test_timed_adds_up_and_records_a_step_that_raised():
 
 def test_a_case_is_fail_unless_it_says_pass():
     assert CaseResult("c").status is Status.FAIL and not CaseResult("c").passed
-    assert CaseResult("c", Status.PASS).passed
+    assert CaseResult("c", Outcome.PASSED).passed
 
 
 # --- atomicity -----------------------------------------------------------------------------------
@@ -123,7 +126,7 @@ def test_the_target_only_ever_changes_by_renaming_a_complete_file(tmp_path, monk
     and until that rename the old file is whole: there is no moment with a part of a file."""
     layout = Layout.at(tmp_path)
     target = results_file(tmp_path, "test_a")
-    results.write_case_result(layout, CaseResult("test_a", Status.FAIL))
+    results.write_case_result(layout, CaseResult("test_a", Outcome.FAILED))
     old = target.read_text()
     seen = []
     real_replace, real_rename = os.replace, os.rename
@@ -137,7 +140,7 @@ def test_the_target_only_ever_changes_by_renaming_a_complete_file(tmp_path, monk
 
     monkeypatch.setattr(os, "replace", spy(real_replace))
     monkeypatch.setattr(os, "rename", spy(real_rename))
-    results.write_case_result(layout, CaseResult("test_a", Status.PASS))
+    results.write_case_result(layout, CaseResult("test_a", Outcome.PASSED))
     assert len(seen) == 1, "test_results.json was not written by one rename of a complete file"
     src, before, incoming = seen[0]
     assert before == old
@@ -150,7 +153,7 @@ def test_a_reader_racing_the_writer_never_sees_a_partial_file(tmp_path):
     """tone-cli may read while the harness rewrites: hammer the file from another thread."""
     layout = Layout.at(tmp_path)
     target = results_file(tmp_path, "test_a")
-    results.write_case_result(layout, CaseResult("test_a", Status.FAIL))
+    results.write_case_result(layout, CaseResult("test_a", Outcome.FAILED))
     bad: list[str] = []
     reads = 0
     stop = threading.Event()
@@ -172,7 +175,7 @@ def test_a_reader_racing_the_writer_never_sees_a_partial_file(tmp_path):
     deadline = time.monotonic() + 20
     try:
         for i in range(150):
-            status = Status.PASS if i % 2 else Status.FAIL
+            status = Outcome.PASSED if i % 2 else Outcome.FAILED
             results.write_case_result(layout, CaseResult("test_a", status, reason="x" * 4000))
             if bad or time.monotonic() > deadline:
                 break
@@ -185,8 +188,8 @@ def test_a_reader_racing_the_writer_never_sees_a_partial_file(tmp_path):
 
 def test_write_json_atomic_replaces_the_old_content_and_leaves_no_temp(tmp_path):
     path = tmp_path / "deep" / "er" / "x.json"
-    results.write_json_atomic(path, {"a": 1})
-    results.write_json_atomic(path, {"b": [1, 2]})
+    write_json_atomic(path, {"a": 1})
+    write_json_atomic(path, {"b": [1, 2]})
     assert json.loads(path.read_text()) == {"b": [1, 2]}
     assert path.read_text().endswith("\n")
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.json"]
@@ -200,22 +203,22 @@ def run_summary(tmp_path: Path, cases: list[CaseResult]) -> dict:
 
 
 def test_run_summary_passes_only_when_every_case_passed(tmp_path):
-    ok = run_summary(tmp_path, [CaseResult("a", Status.PASS), CaseResult("b", Status.PASS)])
+    ok = run_summary(tmp_path, [CaseResult("a", Outcome.PASSED), CaseResult("b", Outcome.PASSED)])
     assert ok["passed"] is True
     assert ok["group"] == "SGLANG" and ok["pr_id"] == "1234"
     assert ok["duration_s"] == 9.877 and ok["prep_s"] == {"local:wheel": 1.23456}
     assert [c["case"] for c in ok["cases"]] == ["a", "b"]
     assert [c["status"] for c in ok["cases"]] == ["Pass", "Pass"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", ok["finished"])
-    one_failed = run_summary(tmp_path, [CaseResult("a", Status.PASS), CaseResult("b")])
+    one_failed = run_summary(tmp_path, [CaseResult("a", Outcome.PASSED), CaseResult("b")])
     assert one_failed["passed"] is False
     assert run_summary(tmp_path, [])["passed"] is False  # nothing ran: not a pass
 
 
 def test_summary_table_lines_up_and_shows_the_first_line_of_a_reason():
-    rows = [CaseResult("a", Status.PASS, duration_s=1.25),
-            CaseResult("a_longer_case", Status.FAIL, reason="boom\nmore", duration_s=3),
-            CaseResult("c", Status.FAIL, reason="r" * 300, duration_s=0.04)]
+    rows = [CaseResult("a", Outcome.PASSED, duration_s=1.25),
+            CaseResult("a_longer_case", Outcome.FAILED, reason="boom\nmore", duration_s=3),
+            CaseResult("c", Outcome.FAILED, reason="r" * 300, duration_s=0.04)]
     lines = results.summary_table(rows).splitlines()
     assert len(lines) == 4
     assert lines[0].split() == ["case", "status", "duration", "reason"]
@@ -245,3 +248,15 @@ def test_wait_until_with_a_plain_event_says_interrupted():
     with pytest.raises(Interrupted) as err:
         wait_until(lambda: (False, ""), timeout_s=10, awaited="the decode server", cancel=stop)
     assert str(err.value) == "interrupted while waiting for the decode server"
+
+
+def test_every_outcome_maps_to_the_seed_status_and_only_a_pass_is_pass():
+    assert {o: o.status for o in Outcome} == {
+        Outcome.PASSED: Status.PASS, Outcome.FAILED: Status.FAIL,
+        Outcome.UNFINISHED: Status.FAIL, Outcome.NOT_RUN: Status.FAIL,
+        Outcome.INTERRUPTED: Status.FAIL, Outcome.UNHEALTHY: Status.FAIL}
+    result = CaseResult("c")
+    assert not result.decided and result.status is Status.FAIL
+    result.end(Outcome.INTERRUPTED, "interrupted (Ctrl-C or SIGTERM); run stopped")
+    assert result.decided and not result.passed
+    assert result.to_summary()["outcome"] == "interrupted"
