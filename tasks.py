@@ -51,18 +51,18 @@ def _group(group: str) -> str:
 @_harness_task
 def prepare(c, settings, group="SGLANG"):
     """Prepare this host: run dir and .shrc, wheel, image, container, eRDMA, Python installs."""
-    from harness.run import runner
-    runner.prepare_standalone(settings, _group(group))
+    from harness.prep import manual
+    manual.prepare_standalone(settings, _group(group))
 
 
 @task(name="prepare-remote", help=GROUP_HELP)
 @_harness_task
 def prepare_remote(c, settings, group="SGLANG"):
     """Push the project to REMOTE_IP (REMOTE_TEST_DIR) and prepare that host the same way."""
-    from harness.run import runner
+    from harness.prep import manual
     if not settings.remote_ip:
         raise Exit("error: set REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...) first", code=2)
-    runner.prepare_standalone(settings, _group(group), remote=True)
+    manual.prepare_standalone(settings, _group(group), remote=True)
 
 
 @task(name="get-wheel")
@@ -80,8 +80,8 @@ def get_wheel(c, settings):
 def start_container(c, settings, group="SGLANG"):
     """Pull the group's image (per IMAGE_PULL) and start CONTAINER_NAME, replacing an old one."""
     from harness.prep import per_host as prep
-    from harness.run import runner
-    node = runner.container_node(settings)
+    from harness.prep import manual
+    node = manual.container_node(settings)
     image = settings.image_for(_group(group))
     prep.pull_image(node.client, image, settings.image_pull)
     prep.start_container(node, image, "manual")
@@ -92,8 +92,8 @@ def start_container(c, settings, group="SGLANG"):
 @_harness_task
 def stop_container(c, settings):
     """Stop and remove CONTAINER_NAME on this host."""
-    from harness.run import runner
-    runner.container_node(settings).remove()
+    from harness.prep import manual
+    manual.container_node(settings).remove()
     print(f"container {settings.container_name} removed")
 
 
@@ -102,8 +102,8 @@ def stop_container(c, settings):
 def install_erdma(c, settings):
     """Install the eRDMA user-space packages in the running container and check ibv_devinfo."""
     from harness.prep import per_host as prep
-    from harness.run import runner
-    prep.install_erdma(runner.container_node(settings), settings)
+    from harness.prep import manual
+    prep.install_erdma(manual.container_node(settings), settings)
 
 
 @task
@@ -129,11 +129,11 @@ def reset(c, settings):
 @_harness_task
 def clean(c, settings, wheels=False, remote=False):
     """Stop processes recorded in run/pids, remove the container and run/logs, run/pids."""
-    from harness.run import runner
+    from harness.prep import manual
     if remote and not settings.remote_ip:
         raise Exit("error: --remote needs REMOTE_IP (and REMOTE_USER, REMOTE_SSH_KEY, ...)",
                    code=2)
-    runner.clean(settings, wheels=wheels, remote=remote)
+    manual.clean(settings, wheels=wheels, remote=remote)
 
 
 @task(help={"case": "a double case (test_1p1d_erdma, test_epd_sglang, test_vllm_1p1d_erdma)",

@@ -23,6 +23,7 @@ from pathlib import Path
 from harness.run import cases as case_registry
 from harness import redaction
 from harness.errors import HarnessError, SettingsError
+from harness.groups import run_order
 from harness.layout import Layout
 from harness.results.outcome import DEMO_LABEL, CaseResult, write_case_result, write_run_summary
 from harness.results.status import Outcome
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 def in_run_order(cases: list[case_registry.Case]) -> list[case_registry.Case]:
     """Each case once, in group order (SGLANG, then VLLM; the group's own order within)."""
     unique = {c.name: c for c in cases}.values()
-    return sorted(unique, key=lambda c: (case_registry.GROUPS.index(c.group), c.order))
+    return sorted(unique, key=lambda c: run_order(c.group, c.order))
 
 
 def _fail_asked(layout: Layout, names: list[str], reason: str,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import SettingsError
+from harness.groups import GROUPS, run_order
 from harness.layout import RUN_SUMMARY_FILE
 from harness.results.report import write_report
 from harness.files import write_text_atomic
@@ -128,8 +129,8 @@ def merged_summary(trees: list[Tree]) -> dict:
 
 def _run_order():
     """Sort key: group order, then the case's order in its group; unknown cases last."""
-    from harness.results.verdict import GROUPS, declared_cases
-    rank = {name: (GROUPS.index(group) if group in GROUPS else len(GROUPS), order)
+    from harness.results.verdict import declared_cases
+    rank = {name: run_order(group, order)
             for name, group, order in declared_cases(PROJECT_ROOT / "cases")}
     return lambda entry: rank.get(entry["case"], (len(GROUPS) + 1, 0))
 

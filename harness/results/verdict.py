@@ -13,11 +13,11 @@ import os
 from pathlib import Path
 
 from harness.errors import SettingsError
+from harness.groups import groups_for, run_order
 from harness.layout import Layout
 from harness.results.outcome import write_run_summary, write_unfinished
 from harness.results.summary import failed_cases, read_run_summary
 
-GROUPS = ("SGLANG", "VLLM")
 
 
 def declared_cases(cases_dir: Path) -> list[tuple[str, str, int]]:
@@ -67,10 +67,9 @@ def asked_cases(root: Path, command: str, args: list[str]) -> list[str]:
     if command == "single":
         bare = [Path(a.strip()).name.removesuffix(".sh").removesuffix(".py") for a in args]
         return [name for name in bare if name in names]
-    group = "SGLANG" if command == "demo" else (args[0].upper() if args else "")
-    wanted = GROUPS if group == "ALL" else (group,)
-    return [name for g in wanted
-            for name, _, _ in sorted((c for c in declared if c[1] == g), key=lambda c: c[2])]
+    wanted = groups_for("SGLANG" if command == "demo" else (args[0] if args else ""))
+    return [name for name, _, _ in sorted((c for c in declared if c[1] in wanted),
+                                          key=lambda c: run_order(c[1], c[2]))]
 
 
 def last_summary(root: Path) -> dict | None:

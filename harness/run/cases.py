@@ -25,13 +25,13 @@ from harness.hosts.nodes import Node
 from harness.prep.reset import gpu_source_for
 from harness.results.outcome import CaseResult
 from harness.servers.server import LogFollower, Rule, Server
+from harness.groups import groups_for, run_order
 from harness.settings import Settings
 from harness.results.timeline import Timeline, log_ref
 from harness.waiting import Cancel, fan_out, wait_until
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("SGLANG", "VLLM")
 SINGLE, DOUBLE = "single", "double"
 
 
@@ -81,11 +81,11 @@ def resolve(name: str, registry: Mapping[str, Case] | None = None) -> Case:
 def group_cases(group: str, registry: Mapping[str, Case] | None = None) -> list[Case]:
     """The cases of a group in run order (SGLANG, VLLM, or ALL: SGLANG then VLLM)."""
     registry = discover() if registry is None else registry
-    wanted = GROUPS if group.upper() == "ALL" else (group.upper(),)
-    if not set(wanted) <= set(GROUPS):
+    wanted = groups_for(group)
+    if not wanted:
         raise SettingsError(f"unknown group {group!r}; accepted: SGLANG, VLLM, ALL")
-    return [c for g in wanted for c in sorted(
-        (c for c in registry.values() if c.group == g), key=lambda c: c.order)]
+    return sorted((c for c in registry.values() if c.group in wanted),
+                  key=lambda c: run_order(c.group, c.order))
 
 
 class CaseContext:
