@@ -101,8 +101,9 @@ def readiness_and_stop(workdir: Path, rounds: int = 5) -> None:
         server = Server(f"server{i}", node, [sys.executable, "-m", "sglang.launch_server",
                                              "--model-path", "m", "--host", "127.0.0.1",
                                              "--port", str(port)], "bench", log,
-                        sglang_ready("127.0.0.1", port, 30, 30),
-                        {"HARNESS_SIM_STARTUP_S": "0.3"}, [str(ROOT / "sim" / "site")])
+                        sglang_ready(30, 30), address="127.0.0.1", port=port,
+                        env={"HARNESS_SIM_STARTUP_S": "0.3"},
+                        pythonpath=[str(ROOT / "sim" / "site")])
         seen: list[float] = []
         watcher = threading.Thread(target=_watch, args=(Path(str(log)), SGLANG_READY, seen))
         server.start()

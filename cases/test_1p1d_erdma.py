@@ -1,8 +1,8 @@
 """1 prefill + 1 decode SGLang server on two hosts, KV cache moved by Mooncake, behind a router."""
 from harness.run.answers import require_json_ok
 from harness.run.cases import DOUBLE, Case, CaseContext
-from harness.run.engines import ROUTER_PORT, sglang_router, sglang_server
-from harness.servers.server import start_all
+from harness.run.engines import sglang_router, sglang_server
+from harness.servers.server import Server, start_all
 
 NAME = "test_1p1d_erdma"
 MODELS = ("Qwen/Qwen3-8B", "deepseek-ai/DeepSeek-V2-Lite")
@@ -15,15 +15,15 @@ def run(ctx: CaseContext) -> None:
 
 
 def run_model(ctx: CaseContext, model: str) -> None:
-    start_servers(ctx, model)
-    url = f"http://127.0.0.1:{ROUTER_PORT}/generate"
+    url = start_servers(ctx, model).url("/generate")
     with ctx.step(f"{model}: request"):
         status, body = ctx.post(url, REQUEST, 30, model, server="router")
         require_json_ok(status, body, url=url, server="router")
 
 
-def start_servers(ctx: CaseContext, model: str) -> None:
-    """Prefill here, decode on the remote host, then the router over them (`invoke serve`)."""
+def start_servers(ctx: CaseContext, model: str) -> Server:
+    """Prefill here, decode on the remote host, then the router over them (`invoke serve`);
+    the router."""
     local, remote = ctx.local, ctx.remote
     pd_args = ["--tp-size", "2", "--base-gpu-id=6"]
     prefill = sglang_server(ctx, "prefill", local, model, PORT,
@@ -34,10 +34,10 @@ def start_servers(ctx: CaseContext, model: str) -> None:
                            "sglang_server_remote.log")
     with ctx.step(f"{model}: start prefill and decode"):
         start_all([prefill, decode])
-    router = sglang_router(ctx, model, f"http://{local.address}:{PORT}",
-                           f"http://{remote.address}:{PORT}")
+    router = sglang_router(ctx, model, prefill, decode)
     with ctx.step(f"{model}: start router"):
         start_all([router])
+    return router
 
 
 CASE = Case(NAME, "SGLANG", DOUBLE, 30, MODELS, run,

@@ -4,9 +4,9 @@ from pathlib import Path
 
 from harness.run.answers import chat_content, require_json_ok, require_match
 from harness.run.cases import DOUBLE, Case, CaseContext
-from harness.run.engines import ROUTER_PORT, sglang_router, sglang_server
+from harness.run.engines import sglang_router, sglang_server
 from harness.errors import SettingsError
-from harness.servers.server import start_all
+from harness.servers.server import Server, start_all
 
 NAME = "test_epd_sglang"
 MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -54,24 +54,23 @@ def run(ctx: CaseContext) -> None:
 
 
 def run_model(ctx: CaseContext, model: str, request: dict) -> None:
-    start_servers(ctx, model)
-    url = f"http://127.0.0.1:{ROUTER_PORT}/v1/chat/completions"
+    url = start_servers(ctx, model).url("/v1/chat/completions")
     with ctx.step(f"{model}: request"):
         status, body = ctx.post(url, request, 60, model, server="router")
         data = require_json_ok(status, body, url=url, server="router")
         require_match(chat_content(data, server="router"), ANSWER, server="router")
 
 
-def start_servers(ctx: CaseContext, model: str) -> None:
-    """Encoder and prefill here, decode on the remote host, the router (`invoke serve`)."""
+def start_servers(ctx: CaseContext, model: str) -> Server:
+    """Encoder and prefill here, decode on the remote host, the router (`invoke serve`); the
+    router."""
     local, remote = ctx.local, ctx.remote
-    encoder_url = f"http://{local.address}:{ENCODER_PORT}"
     encoder = sglang_server(ctx, "encoder", local, model, ENCODER_PORT,
                             ["--encoder-only", "--encoder-transfer-backend", "mooncake",
                              "--tp-size", "2"], "encoder.log", encoder_only=True)
     prefill = sglang_server(ctx, "prefill", local, model, PREFILL_PORT,
                             ["--disaggregation-mode", "prefill", "--language-only",
-                             "--encoder-urls", encoder_url, "--tp-size", "2",
+                             "--encoder-urls", encoder.url(), "--tp-size", "2",
                              "--encoder-transfer-backend", "mooncake", "--base-gpu-id=4"],
                             "sglang_server_prefill.log")
     decode = sglang_server(ctx, "decode", remote, model, DECODE_PORT,
@@ -80,10 +79,10 @@ def start_servers(ctx: CaseContext, model: str) -> None:
     with ctx.step(f"{model}: start encoder, prefill and decode"):
         # The prefill waits for its encoder by itself; all three start at once.
         start_all([encoder, prefill, decode])
-    router = sglang_router(ctx, model, f"http://{local.address}:{PREFILL_PORT}",
-                           f"http://{remote.address}:{DECODE_PORT}")
+    router = sglang_router(ctx, model, prefill, decode)
     with ctx.step(f"{model}: start router"):
         start_all([router])
+    return router
 
 
 CASE = Case(NAME, "SGLANG", DOUBLE, 40, (MODEL,), run,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from packaging.version import InvalidVersion, Version
 
 from harness.errors import SettingsError
+from harness.vllm_version import uses_connector_proxy
 
 COMPONENTS = ("prefill", "decode", "encoder", "router", "proxy", "payload", "mooncake")
 SERVER_FAULTS = ("crash", "hang", "die-after-ready", "wrong-answer", "http-500", "gpu-leak")
@@ -35,9 +36,7 @@ WHY_NOT = {
                     "corrupt and refuse are Mooncake transfer faults: mooncake:corrupt, "
                     "mooncake:refuse"),
 }
-# vLLM before this runs the project's own proxy (real code): only the launcher's faults act.
-# PEP 440, as the vLLM case compares (0.16.0rc1 is before it); a unit test keeps them equal.
-OWN_PROXY_BEFORE = Version("0.16.0")
+# The project's own proxy (real code, harness.vllm_version): only the launcher's faults act.
 OWN_PROXY_ACTING = ("crash", "hang", "die-after-ready")
 
 
@@ -58,7 +57,8 @@ def check_faults(text: str, vllm_version: str = "") -> list[tuple[str, str]]:
     applies (with HARNESS_SIM_VLLM_VERSION `vllm_version`, which picks the vLLM proxy), are a
     SettingsError of one line."""
     pairs = []
-    own_proxy = (_version(vllm_version) or OWN_PROXY_BEFORE) < OWN_PROXY_BEFORE
+    version = _version(vllm_version)
+    own_proxy = version is not None and not uses_connector_proxy(version)
     for item in filter(None, (part.strip() for part in text.split(","))):
         component, sep, fault = item.partition(":")
         if not sep or component not in COMPONENTS or fault not in FAULTS:

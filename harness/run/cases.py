@@ -253,14 +253,15 @@ class CaseContext:
 
     # --- processes ----------------------------------------------------------------------------
     def server(self, name: str, node: Node, argv: Sequence[str], *, log: PurePosixPath,
-               ready: Sequence[Rule], env: Mapping[str, str] | None = None,
-               pythonpath: Sequence[str] = (), cwd: object = None,
-               kind: str = "server") -> Server:
+               ready: Sequence[Rule], address: str | None = None, port: int | None = None,
+               env: Mapping[str, str] | None = None, pythonpath: Sequence[str] = (),
+               cwd: object = None, kind: str = "server") -> Server:
         """A server that is stopped when the case (or the model) ends, whatever happens:
         the servers of one scope are stopped all at once, on both hosts."""
         server = Server(name, node, list(argv), self.case.name, log, list(ready),
-                        dict(env or {}), list(pythonpath), cwd, self.cancel, self.timeline,
-                        kind)
+                        address=address, port=port, env=dict(env or {}),
+                        pythonpath=list(pythonpath), cwd=cwd, cancel=self.cancel,
+                        timeline=self.timeline, kind=kind)
         if self._servers is None:
             self._servers = []
             self._stack.callback(self._stop_all, self._servers,

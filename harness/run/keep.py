@@ -15,9 +15,6 @@ from harness.hosts.nodes import ContainerBase, Node
 from harness.servers.server import Server
 from harness.settings import RemoteVia, Runtime, Settings
 
-# How the servers the harness starts name what they serve (`--host H --port P`); a payload's
-# command has neither, so it has no URL.
-_ANY_ADDRESS = ("0.0.0.0", "::", "")
 # SSH_HOST_KEY_POLICY as OpenSSH's client spells it (strict: its default, asking)
 _HOST_KEY_OPTIONS = {"accept-new": ["-o", "StrictHostKeyChecking=accept-new"],
                      "ignore": ["-o", "StrictHostKeyChecking=no"]}
@@ -53,22 +50,9 @@ class Kept:
 
 
 def server_url(server: Server) -> str | None:
-    """`http://host:port` from the server's own command line; 0.0.0.0 means its node's address."""
-    argv = list(server.argv)
-    host = _flag(argv, "--host")
-    port = _flag(argv, "--port")
-    if port is None:
-        return None
-    if host is None or host in _ANY_ADDRESS:
-        host = server.node.address
-    return f"http://{host}:{port}"
-
-
-def _flag(argv: Sequence[str], name: str) -> str | None:
-    for index, word in enumerate(argv[:-1]):
-        if word == name:
-            return argv[index + 1]
-    return None
+    """Where a person reaches the server (its node's address for a wildcard bind); None for
+    one without a port (a payload)."""
+    return server.url() if server.port is not None else None
 
 
 def shell_line(settings: Settings, node: Node) -> str:

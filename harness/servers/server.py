@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 ALIVE_CHECK_S = 1.0
 SGLANG_READY = "The server is fired up and ready to roll!"
 APP_STARTUP = "Application startup complete."
+WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")   # a server bound to these is reached at its node
 
 
 def http_session() -> requests.Session:
@@ -56,16 +57,16 @@ class LogLines:
 
 @dataclass(frozen=True)
 class HttpOk:
-    """Ready when GET url answers 200."""
-    url: str
+    """Ready when GET on the server's `path` (or an absolute URL) answers 200."""
+    path: str
     timeout_s: float
 
     def describe(self) -> str:
-        return f"GET {self.url} -> 200"
+        return f"GET {self.path} -> 200"
 
     def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
         try:
-            answer = session.get(self.url, timeout=2)
+            answer = session.get(server.url(self.path), timeout=2)
         except requests.RequestException as exc:
             return False, type(exc).__name__
         return answer.status_code == 200, f"HTTP {answer.status_code}"
@@ -115,20 +116,19 @@ exit 1
 
 @dataclass(frozen=True)
 class OwnsPort:
-    """Ready when the server's own process group listens on `port`: an answer on the port
+    """Ready when the server's own process group listens on its port: an answer on the port
     from another process (a leftover, a foreign listener) is not this server being ready."""
-    port: int
     timeout_s: float
 
     def describe(self) -> str:
-        return f"its own process listening on port {self.port}"
+        return "its own process listening on its port"
 
     def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
         if server.proc is None:
             return False, "not started"
         done = server.node.exec(["bash", "-c", _OWNS_PORT, "owns-port", str(server.proc.pgid),
-                                 str(self.port)], check=False, timeout=30)
-        return done.ok, "" if done.ok else f"port {self.port} is not held by {server.name}"
+                                 str(server.port)], check=False, timeout=30)
+        return done.ok, "" if done.ok else f"port {server.port} is not held by {server.name}"
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,15 @@ class PostNot503:
     """Ready when POST url answers anything but 503: for a route that refuses with 503 until
     the server can serve it (vLLM's connector proxies before their prefillers are known). The
     body is a bare `{}`, so a ready server rejects it quickly instead of running a request."""
-    url: str
+    path: str
     timeout_s: float
 
     def describe(self) -> str:
-        return f"POST {self.url} -> not 503"
+        return f"POST {self.path} -> not 503"
 
     def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
         try:
-            answer = session.post(self.url, json={}, timeout=5)
+            answer = session.post(server.url(self.path), json={}, timeout=5)
         except requests.RequestException as exc:
             return False, type(exc).__name__
         return answer.status_code != 503, f"HTTP {answer.status_code}"
@@ -176,13 +176,16 @@ class LogFollower:
 
 @dataclass
 class Server:
-    """One background server of a case on a node."""
+    """One background server of a case on a node, at `address:port` (a wildcard address
+    means the node's own); its readiness rules ask it for its URL."""
     name: str
     node: Node
     argv: Sequence[str]
     case: str
     log: PurePosixPath                      # node view
     ready: Sequence[Rule]
+    address: str | None = None              # what it binds (--host); None: no address
+    port: int | None = None                 # what it listens on (--port); None: no port
     env: Mapping[str, str] = field(default_factory=dict)
     pythonpath: Sequence[str] = ()
     cwd: object = None
@@ -197,6 +200,16 @@ class Server:
     @property
     def where(self) -> dict:
         return {"host": self.node.name, "server": self.name}
+
+    def url(self, path: str = "") -> str:
+        """`http://address:port` + `path`, where the harness reaches it; an absolute URL given
+        as `path` stands as it is."""
+        if path.startswith(("http://", "https://")):
+            return path
+        if self.port is None:
+            raise ValueError(f"{self.name} has no port, so no URL")
+        host = self.address if self.address not in WILDCARD_ADDRESSES else self.node.address
+        return f"http://{host}:{self.port}{path}"
 
     def start(self) -> "Server":
         log.info("%s: starting %s (log %s)", self.node.name, self.name, self.log.name)
@@ -313,32 +326,27 @@ class Server:
                 f"{awaited}", log_tail=self.log_tail(), hint=f"see {self.log}", **self.where)
 
 
-def sglang_ready(address: str, port: int, ready_timeout_s: float,
-                 health_timeout_s: float) -> list[Rule]:
+def sglang_ready(ready_timeout_s: float, health_timeout_s: float) -> list[Rule]:
     """SGLang server: its ready line, then GET /health -> 200."""
-    return [log_line(SGLANG_READY, ready_timeout_s),
-            HttpOk(f"http://{address}:{port}/health", health_timeout_s)]
+    return [log_line(SGLANG_READY, ready_timeout_s), HttpOk("/health", health_timeout_s)]
 
 
-def app_startup_ready(address: str, port: int, ready_timeout_s: float,
-                      health_timeout_s: float) -> list[Rule]:
+def app_startup_ready(ready_timeout_s: float, health_timeout_s: float) -> list[Rule]:
     """SGLang encoder-only server and vLLM server: `Application startup complete.`, /health."""
-    return [log_line(APP_STARTUP, ready_timeout_s),
-            HttpOk(f"http://{address}:{port}/health", health_timeout_s)]
+    return [log_line(APP_STARTUP, ready_timeout_s), HttpOk("/health", health_timeout_s)]
 
 
 ROUTER_WORKER_ACTIVATED = r"Activated 1 worker\(s\) \(marked as healthy\)"
 ROUTER_TOKENIZER = r"Successfully (loaded|registered) tokenizer"
 
 
-def router_ready(port: int, workers: int, timeout_s: float) -> list[Rule]:
+def router_ready(workers: int, timeout_s: float) -> list[Rule]:
     """sglang-router: every worker activated and its tokenizer loaded, or /readiness 200; and
     the router itself listening on its port (not a leftover or a foreign listener)."""
     lines = LogLines(((ROUTER_WORKER_ACTIVATED, workers), (ROUTER_TOKENIZER, 1)), timeout_s,
                      f"{workers} x 'Activated 1 worker(s) (marked as healthy)' and the "
                      "tokenizer loaded")
-    return [AnyOf((lines, HttpOk(f"http://127.0.0.1:{port}/readiness", timeout_s)), timeout_s),
-            OwnsPort(port, timeout_s)]
+    return [AnyOf((lines, HttpOk("/readiness", timeout_s)), timeout_s), OwnsPort(timeout_s)]
 
 
 def start_all(servers: Sequence[Server], cancel: Cancel | None = None) -> None:

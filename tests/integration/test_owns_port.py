@@ -30,7 +30,8 @@ class Readiness(http.server.BaseHTTPRequestHandler):
 def router(tmp_path, port: int, script: str) -> Server:
     node = HostNode(LocalHost("local", "127.0.0.1"), tmp_path)
     return Server("router", node, ["bash", "-c", script], "case",
-                  node.layout.case_logs("case") / "load_balancer.log", router_ready(port, 2, 3.0))
+                  node.layout.case_logs("case") / "load_balancer.log", router_ready(2, 3.0),
+                  address="127.0.0.1", port=port)
 
 
 def test_a_foreign_listener_does_not_make_a_router_ready(tmp_path):

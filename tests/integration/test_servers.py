@@ -30,9 +30,8 @@ def sim_server(node, name, *, faults="", component=None, ready_s=20.0, startup_s
     argv = [sys.executable, "-m", "sglang.launch_server", "--model-path", "sim/model",
             "--host", "127.0.0.1", "--port", str(port)]
     server = Server(name, node, argv, "case", node.layout.case_logs("case") / f"{name}.log",
-                    sglang_ready("127.0.0.1", port, ready_s, ready_s), env,
-                    [str(ROOT / "sim" / "site")])
-    server.port = port
+                    sglang_ready(ready_s, ready_s), address="127.0.0.1", port=port, env=env,
+                    pythonpath=[str(ROOT / "sim" / "site")])
     return server
 
 

@@ -293,10 +293,9 @@ def remote_sim_server(node, name: str, case: str, log_name: str) -> Server:
                     ["python3", "-m", "sglang.launch_server", "--model-path", "sim-model",
                      "--host", "127.0.0.2", "--port", str(port)],
                     case, node.layout.model_logs(case, "Org/Model") / log_name,
-                    sglang_ready("127.0.0.2", port, 30, 30),
-                    {"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": "0.3"},
-                    [str(node.layout.sim_site)])
-    server.port = port
+                    sglang_ready(30, 30), address="127.0.0.2", port=port,
+                    env={"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": "0.3"},
+                    pythonpath=[str(node.layout.sim_site)])
     return server
 
 
@@ -396,9 +395,9 @@ def test_remote_container_start_exec_serve_reset_remove(remote_node, docker_clie
                     ["python3", "-m", "sglang.launch_server", "--model-path", "sim-model",
                      "--host", "127.0.0.2", "--port", str(port)],
                     "c1", node.layout.case_logs("c1") / "sglang_server_remote.log",
-                    sglang_ready("127.0.0.2", port, 30, 30),
-                    {"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": "0.3"},
-                    [str(node.layout.sim_site)])
+                    sglang_ready(30, 30), address="127.0.0.2", port=port,
+                    env={"HARNESS_SIM": "true", "HARNESS_SIM_STARTUP_S": "0.3"},
+                    pythonpath=[str(node.layout.sim_site)])
     try:
         server.start()
         server.wait_ready()

@@ -25,19 +25,19 @@ def settings(**env: str) -> Settings:
     return Settings.from_env({"LOCAL_IP": "127.0.0.1", "REMOTE_IP": "127.0.0.2", **env})
 
 
-def server(name: str, node, *argv: str) -> Server:
-    return Server(name, node, ["python3", *argv], "test_1p1d_erdma",
-                  PurePosixPath(f"/p/run/logs/x/{name}.log"), [])
+def server(name: str, node, address: str | None = None, port: int | None = None) -> Server:
+    return Server(name, node, ["python3", "-m", name], "test_1p1d_erdma",
+                  PurePosixPath(f"/p/run/logs/x/{name}.log"), [], address=address, port=port)
 
 
-def test_urls_come_from_the_servers_own_command_line():
+def test_urls_come_from_the_servers_own_address_and_port():
     local = HostNode(LocalHost("local", "127.0.0.1"), "/p")
-    assert server_url(server("decode", local, "--host", "127.0.0.2", "--port", "30001")) == \
-        "http://127.0.0.2:30001"
+    assert server_url(server("decode", local, "127.0.0.2", 30001)) == "http://127.0.0.2:30001"
     # the router listens on every address: it is reached at its node's
-    assert server_url(server("router", local, "--host", "0.0.0.0", "--port", "8000")) == \
-        "http://127.0.0.1:8000"
-    assert server_url(server("payload", local, "-m", "pytest")) is None
+    assert server_url(server("router", local, "0.0.0.0", 8000)) == "http://127.0.0.1:8000"
+    assert server("router", local, "0.0.0.0", 8000).url("/generate") == \
+        "http://127.0.0.1:8000/generate"
+    assert server_url(server("payload", local)) is None
 
 
 def test_shell_lines_per_runtime_and_host():
@@ -68,7 +68,7 @@ def test_stop_line_reaches_the_remote_only_where_the_plain_clean_does_not():
 
 def test_the_keep_reason_and_the_block_say_what_was_kept():
     local = HostNode(LocalHost("local", "127.0.0.1"), "/p")
-    router = server("router", local, "--host", "0.0.0.0", "--port", "8000")
+    router = server("router", local, "0.0.0.0", 8000)
     kept = Kept("test_1p1d_erdma", "Qwen/Qwen3-8B", [router])
     assert kept.not_run_reason() == ("not run: the run stopped at the failure of "
                                      "test_1p1d_erdma because KEEP_ON_FAILURE=true kept "

@@ -6,7 +6,15 @@ import threading
 
 import pytest
 
-from harness.servers.server import PostNot503, http_session
+from pathlib import PurePosixPath
+
+from harness.servers.server import PostNot503, Server, http_session
+
+
+def proxy_at(port: int) -> Server:
+    """The server the rule asks for its URL (never started: the rule only posts to it)."""
+    return Server("proxy", None, [], "case", PurePosixPath("/proxy.log"), [],
+                  address="127.0.0.1", port=port)
 
 
 class _Proxy(http.server.BaseHTTPRequestHandler):
@@ -37,12 +45,12 @@ def proxy():
                                           (404, True)])
 def test_anything_but_503_is_ready(proxy, answer, ready):
     _Proxy.answer, _Proxy.bodies = answer, []
-    rule = PostNot503(f"http://127.0.0.1:{proxy.server_port}/v1/chat/completions", 5)
+    rule = PostNot503("/v1/chat/completions", 5)
     with http_session() as session:
-        met, why = rule.check(None, session)
+        met, why = rule.check(proxy_at(proxy.server_port), session)
     assert (met, why) == (ready, f"HTTP {answer}")
     assert _Proxy.bodies == [b"{}"]  # a bare object: a ready proxy rejects it, runs nothing
-    assert rule.describe() == f"POST {rule.url} -> not 503"
+    assert rule.describe() == "POST /v1/chat/completions -> not 503"
 
 
 def test_nobody_listening_is_not_ready(proxy):
@@ -50,6 +58,6 @@ def test_nobody_listening_is_not_ready(proxy):
     proxy.shutdown()
     proxy.server_close()
     with http_session() as session:
-        rule = PostNot503(f"http://127.0.0.1:{port}/v1/chat/completions", 5)
-        met, why = rule.check(None, session)
+        rule = PostNot503("/v1/chat/completions", 5)
+        met, why = rule.check(proxy_at(port), session)
     assert not met and why == "ConnectionError"

@@ -30,9 +30,10 @@ LONG_S = 30.0
 REPORTED_S = 15.0
 
 
-def make(node, servers, name: str, script: str, rules) -> Server:
+def make(node, servers, name: str, script: str, rules, port: int | None = None) -> Server:
     server = Server(name, node, ["bash", "-c", script], "case",
-                    node.layout.case_logs("case") / f"{name}.log", rules)
+                    node.layout.case_logs("case") / f"{name}.log", rules,
+                    address="127.0.0.1", port=port)
     servers.append(server)
     return server
 
@@ -225,9 +226,9 @@ def test_any_of_is_met_by_either_rule(node, servers, http_status):
 
 
 def test_sglang_rules_are_the_ready_line_then_health(http_status):
-    first, second = sglang_ready("127.0.0.1", 30000, 240, 120)
+    first, second = sglang_ready(240, 120)
     assert SGLANG_READY in first.describe() and first.timeout_s == 240
-    assert second.url == "http://127.0.0.1:30000/health" and second.timeout_s == 120
+    assert second.path == "/health" and second.timeout_s == 120
 
 
 def test_start_all_reports_a_death_without_waiting_for_the_slow_one(node, servers):

@@ -35,34 +35,34 @@ def test_rule_descriptions_say_what_is_awaited():
     assert log_line("x y", 1).describe() == "log line 'x y'"
     assert log_line("x", 1, count=2).describe() == "log line 'x' x2"
     assert LogLines((("a", 1), ("b+", 3)), 1).describe() == "/a/ and /b+/ x3"
-    assert HttpOk("http://h:1/health", 1).describe() == "GET http://h:1/health -> 200"
-    assert AnyOf((log_line("x", 1), HttpOk("http://h:1/r", 1)), 1).describe() == (
-        "log line 'x' or GET http://h:1/r -> 200")
-    assert OwnsPort(8000, 1).describe() == "its own process listening on port 8000"
+    assert HttpOk("/health", 1).describe() == "GET /health -> 200"
+    assert AnyOf((log_line("x", 1), HttpOk("/r", 1)), 1).describe() == (
+        "log line 'x' or GET /r -> 200")
+    assert OwnsPort(1).describe() == "its own process listening on its port"
 
 
 def test_app_startup_rules_are_the_startup_line_then_health():
-    line, health = app_startup_ready("10.0.0.2", 8100, 240, 120)
+    line, health = app_startup_ready(240, 120)
     assert line.describe() == f"log line {APP_STARTUP!r}" and line.timeout_s == 240
-    assert health.url == "http://10.0.0.2:8100/health" and health.timeout_s == 120
+    assert health.path == "/health" and health.timeout_s == 120
 
 
 def test_router_rules_need_every_worker_and_the_tokenizer_then_its_own_port():
-    either, owns = router_ready(8000, 2, 120)
+    either, owns = router_ready(2, 120)
     lines, readiness = either.rules
     assert either.timeout_s == 120 and lines.timeout_s == 120
     assert dict(lines.patterns)[r"Activated 1 worker\(s\) \(marked as healthy\)"] == 2
     assert sum(n for _, n in lines.patterns) == 3
     assert lines.describe() == ("2 x 'Activated 1 worker(s) (marked as healthy)' and the "
                                 "tokenizer loaded")
-    assert readiness.url == "http://127.0.0.1:8000/readiness" and readiness.timeout_s == 120
-    assert (owns.port, owns.timeout_s) == (8000, 120)
+    assert readiness.path == "/readiness" and readiness.timeout_s == 120
+    assert isinstance(owns, OwnsPort) and owns.timeout_s == 120
 
 
 def test_router_listening_on_its_port_is_ready(node, servers):
     port = free_port()
     router = make(node, servers, "router", router_script(port, 2, listen=True),
-                  router_ready(port, 2, LONG_S))
+                  router_ready(2, LONG_S), port=port)
     router.start().wait_ready()
 
 
@@ -71,20 +71,21 @@ def test_router_whose_port_is_held_by_another_process_is_not_ready(node, servers
     port = free_port()
     foreign = socket.create_server(("127.0.0.1", port))
     try:
-        rules = router_ready(port, 1, 1.0)
-        router = make(node, servers, "router", router_script(port, 1, listen=False), rules)
+        rules = router_ready(1, 1.0)
+        router = make(node, servers, "router", router_script(port, 1, listen=False), rules,
+                      port=port)
         with pytest.raises(NotReady) as err:
             router.start().wait_ready()
     finally:
         foreign.close()
-    assert err.value.awaited == f"its own process listening on port {port}"
+    assert err.value.awaited == "its own process listening on its port"
     assert err.value.last_error == f"port {port} is not held by router"
 
 
 def test_the_workers_must_all_be_activated(node, servers):
     port = free_port()
     router = make(node, servers, "router", router_script(port, 1, listen=True),
-                  router_ready(port, 2, 1.0))
+                  router_ready(2, 1.0), port=port)
     with pytest.raises(NotReady) as err:
         router.start().wait_ready()
     assert "seen /Activated" in err.value.last_error and "1/2" in err.value.last_error
@@ -92,7 +93,7 @@ def test_the_workers_must_all_be_activated(node, servers):
 
 
 def test_own_port_rule_before_start_is_not_met(node, servers):
-    server = make(node, servers, "s", "exec sleep 60", [OwnsPort(free_port(), 1)])
+    server = make(node, servers, "s", "exec sleep 60", [OwnsPort(1)], port=free_port())
     assert server.ready[0].check(server, None) == (False, "not started")
 
 

@@ -50,8 +50,8 @@ def test_a_refused_pair_is_one_line_naming_what_acts(component: str, fault: str)
 
 @pytest.mark.parametrize("version", ["0.15.1", "0.9.2+cu128", "0.16.0rc1", "0.16.0", "0.17.0"])
 def test_the_own_proxy_branch_refuses_what_its_launcher_cannot_play(version: str) -> None:
-    from cases import test_vllm_1p1d_erdma as vllm_case  # the case picks the branch
-    own_proxy = vllm_case.parse_version(version) < vllm_case.CONNECTOR_PROXY_SINCE
+    from harness.vllm_version import parse_version, uses_connector_proxy  # the case's rule
+    own_proxy = not uses_connector_proxy(parse_version(version))
     for fault in ("wrong-answer", "http-500"):
         if own_proxy:
             with pytest.raises(SettingsError, match="project's own proxy"):

@@ -1,7 +1,7 @@
 import pytest
 from packaging.version import Version
 
-from cases.test_vllm_1p1d_erdma import CONNECTOR_PROXY_SINCE, parse_version
+from harness.vllm_version import parse_version, uses_connector_proxy
 from harness import simknobs
 from harness.errors import HarnessError
 
@@ -22,7 +22,7 @@ def test_versions(text, expected):
 def test_proxy_choice_is_pep_440(text, own_proxy):
     """Pre-releases and dev builds of 0.16.0 are older than 0.16.0: the project's own proxy,
     as the old scripts decided with packaging.version."""
-    assert (parse_version(text) < CONNECTOR_PROXY_SINCE) is own_proxy
+    assert uses_connector_proxy(parse_version(text)) is not own_proxy
     # the simulator's fault table follows the same rule (only launcher faults on own proxy)
     acting = simknobs.check_faults("proxy:http-500", text) if not own_proxy else None
     if own_proxy:
