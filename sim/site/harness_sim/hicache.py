@@ -94,6 +94,7 @@ def start(environ: Mapping[str, str], host: str) -> tuple[PageStore | None, str]
     if status != 0:
         return None, (f"Mooncake store setup against master {master} and metadata {metadata} "
                       f"returned {status} (is that the real mooncake_master?)")
+    mooncake.quicken_accept_polls()  # the listener of the store's TransferEngine
     say(f"{TAG} Mooncake store joined: master {master}, metadata {metadata}, protocol "
         f"{protocol}, segment {segment >> 20} MiB (HiCache pages go through it)")
     return PageStore(store, master, faults.active_faults("mooncake", environ=environ)), ""

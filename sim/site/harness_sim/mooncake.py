@@ -10,12 +10,15 @@ MOONCAKE_WHEEL names the wheel under test):
 - `off`: no transfers, said once at start.
 
 Never a silent fallback: `describe()` is printed by every server that hands KV over.
+`quicken_accept_polls()` keeps a started engine from holding up the server's exit.
 """
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import os
+import socket
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +27,10 @@ MODE_ENV = "HARNESS_SIM_MOONCAKE"
 MODES = ("auto", "required", "off")
 CPU_PACKAGE = "mooncake-transfer-engine-non-cuda"
 CUDA_PACKAGE = "mooncake-transfer-engine"
+# How often a Mooncake handshake listener looks at its stop flag once quicken_accept_polls ran
+# (the simulator's own servers poll as often: serving.serving).
+ACCEPT_POLL_S = 0.05
+_TIMEVAL = "@ll"  # struct timeval, as SO_RCVTIMEO takes and gives it
 
 
 def mode_of(environ: Mapping[str, str]) -> str:
@@ -123,3 +130,41 @@ def current(environ: Mapping[str, str] | None = None) -> Mooncake:
     if mode not in _loaded:
         _loaded[mode] = load(mode)
     return _loaded[mode]
+
+
+def quicken_accept_polls() -> int:
+    """Shorten the accept() poll of Mooncake's handshake listeners to ACCEPT_POLL_S; how many.
+
+    Call it once a TransferEngine (or a MooncakeDistributedStore, which holds one) has started.
+    Its handshake listener (SocketHandShakePlugin) waits in accept() on a socket whose
+    SO_RCVTIMEO is 1 s and checks its stop flag between waits; the engine's destructor clears
+    that flag and joins the thread, so at exit every engine kept a stopped server alive for up
+    to 1 s more. With a shorter receive timeout the same loop just polls more often; Mooncake
+    gives each accepted connection its own timeout, so handshakes are unchanged. The sockets
+    changed are this process's listening TCP sockets with a receive timeout longer than ours:
+    the simulator's own servers set none. An accept() already waiting keeps its old timeout.
+    """
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return 0  # not Linux: exits stay as slow as Mooncake makes them
+    changed = 0
+    for name in names:
+        try:
+            changed += _quicken(int(name))
+        except OSError:
+            continue  # not a socket, or closed meanwhile
+    return changed
+
+
+def _quicken(fd: int) -> int:
+    with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as sock:  # a dup: fd stays
+        if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+            return 0
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.calcsize(_TIMEVAL))
+        seconds, micros = struct.unpack(_TIMEVAL, raw)
+        if seconds + micros / 1e6 <= ACCEPT_POLL_S:
+            return 0  # none (0: accept() blocks; nothing polls it) or already short
+        poll = struct.pack(_TIMEVAL, 0, int(ACCEPT_POLL_S * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, poll)
+        return 1
