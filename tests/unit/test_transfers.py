@@ -159,3 +159,23 @@ def test_figures_count_hicache_pages_and_the_store() -> None:
     found = transfers.figures([log])
     assert (found["transfers"], found["bytes"], found["MiB_per_s"]) == (2, 6 << 20, 200.0)
     assert found["mooncake"][0].startswith("Mooncake store joined: master 127.0.0.1:5")
+
+
+def test_a_mooncake_listener_polls_often_enough_to_stop_quickly():
+    """Mooncake's handshake listener waits in accept() with a 1 s receive timeout; the
+    simulator shortens it (and only it: a listener without a timeout is left blocking)."""
+    import socket
+    import struct
+
+    from harness_sim import mooncake as sim_mooncake
+    timeval = struct.calcsize("@ll")
+    with socket.create_server(("127.0.0.1", 0)) as polled, \
+            socket.create_server(("127.0.0.1", 0)) as blocking:
+        polled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("@ll", 1, 0))
+        assert sim_mooncake.quicken_accept_polls() >= 1
+        seconds, micros = struct.unpack(
+            "@ll", polled.getsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval))
+        # the kernel keeps it in scheduler ticks: 50 ms reads back as 50-60 ms
+        assert seconds + micros / 1e6 == pytest.approx(sim_mooncake.ACCEPT_POLL_S, abs=0.015)
+        assert struct.unpack("@ll", blocking.getsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)) == (0, 0)
