@@ -10,20 +10,8 @@ PORT = 30001
 REQUEST = {"text": "Let me tell you a short story ", "sampling_params": {"temperature": 0}}
 
 
-def run(ctx: CaseContext) -> None:
-    ctx.each_model(MODELS, lambda model: run_model(ctx, model))
-
-
-def run_model(ctx: CaseContext, model: str) -> None:
-    url = start_servers(ctx, model).url("/generate")
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, REQUEST, 30, model, server="router")
-        require_json_ok(status, body, url=url, server="router")
-
-
 def start_servers(ctx: CaseContext, model: str) -> Server:
-    """Prefill here, decode on the remote host, then the router over them (`invoke serve`);
-    the router."""
+    """Prefill here, decode on the remote host, then the router over them; the router."""
     local, remote = ctx.local, ctx.remote
     pd_args = ["--tp-size", "2", "--base-gpu-id=6"]
     prefill = sglang_server(ctx, "prefill", local, model, PORT,
@@ -40,6 +28,13 @@ def start_servers(ctx: CaseContext, model: str) -> Server:
     return router
 
 
-CASE = Case(NAME, "SGLANG", DOUBLE, 30, MODELS, run,
-            "prefill here, decode on the remote host, sglang-router in front (/generate)",
-            start_servers=start_servers)
+def check(ctx: CaseContext, model: str, router: Server) -> None:
+    url = router.url("/generate")
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, REQUEST, 30, model, server="router")
+        require_json_ok(status, body, url=url, server="router")
+
+
+CASE = Case(NAME, "SGLANG", DOUBLE, 30, MODELS,
+            summary="prefill here, decode on the remote host, sglang-router in front (/generate)",
+            start_servers=start_servers, check=check)

@@ -1,4 +1,5 @@
 """SGLang's own PD test with different TP sizes, on the Mooncake CI's models."""
+from harness.run.payload import run_payload
 from harness.run.cases import SINGLE, Case, CaseContext
 
 NAME = "test_disaggregation_different_tp"
@@ -10,7 +11,7 @@ def run(ctx: CaseContext) -> None:
            "USE_MODELSCOPE": "true" if ctx.settings.use_modelscope else "false"}
     with ctx.step("run payload"):
         # run.py decides the offline policy (its first output line) and execs pytest.
-        ctx.run_payload(["python3", str(node.layout.payloads / "different_tp" / "run.py")],
+        run_payload(ctx, ["python3", str(node.layout.payloads / "different_tp" / "run.py")],
                         env=env, cwd=node.layout.payloads / "different_tp",
                         pythonpath=ctx.pythonpath(node))
 

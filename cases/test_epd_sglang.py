@@ -47,23 +47,14 @@ def chat_request(image: bytes, mime: str = "image/jpeg") -> dict:
             "temperature": 0, "max_tokens": 64}
 
 
-def run(ctx: CaseContext) -> None:
-    with ctx.step("read EPD_IMAGE"):  # before any server starts: a bad path is one line
-        image, mime = read_image(ctx)
-    ctx.each_model((MODEL,), lambda model: run_model(ctx, model, chat_request(image, mime)))
-
-
-def run_model(ctx: CaseContext, model: str, request: dict) -> None:
-    url = start_servers(ctx, model).url("/v1/chat/completions")
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, request, 60, model, server="router")
-        data = require_json_ok(status, body, url=url, server="router")
-        require_match(chat_content(data, server="router"), ANSWER, server="router")
+def before(ctx: CaseContext) -> dict:
+    """The request, read before any server starts: a bad EPD_IMAGE is one line, at once."""
+    with ctx.step("read EPD_IMAGE"):
+        return chat_request(*read_image(ctx))
 
 
 def start_servers(ctx: CaseContext, model: str) -> Server:
-    """Encoder and prefill here, decode on the remote host, the router (`invoke serve`); the
-    router."""
+    """Encoder and prefill here, decode on the remote host, the router; the router."""
     local, remote = ctx.local, ctx.remote
     encoder = sglang_server(ctx, "encoder", local, model, ENCODER_PORT,
                             ["--encoder-only", "--encoder-transfer-backend", "mooncake",
@@ -85,6 +76,14 @@ def start_servers(ctx: CaseContext, model: str) -> Server:
     return router
 
 
-CASE = Case(NAME, "SGLANG", DOUBLE, 40, (MODEL,), run,
-            "encoder and prefill here, decode on the remote host, a cat photo to describe",
-            start_servers=start_servers)
+def check(ctx: CaseContext, model: str, router: Server) -> None:
+    url = router.url("/v1/chat/completions")
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, ctx.prepared, 60, model, server="router")
+        data = require_json_ok(status, body, url=url, server="router")
+        require_match(chat_content(data, server="router"), ANSWER, server="router")
+
+
+CASE = Case(NAME, "SGLANG", DOUBLE, 40, (MODEL,),
+            summary="encoder and prefill here, decode on the remote host, a cat photo to describe",
+            start_servers=start_servers, check=check, before=before)

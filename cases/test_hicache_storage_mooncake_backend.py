@@ -1,6 +1,7 @@
 """HiCache with the Mooncake storage backend: SGLang's HiCache storage tests on Mooncake."""
 import logging
 
+from harness.run.payload import run_payload
 from harness.run.cases import SINGLE, Case, CaseContext
 from harness.errors import CaseFailed
 from harness.hosts.nodes import Node
@@ -44,7 +45,7 @@ def run(ctx: CaseContext) -> None:
            "HARNESS_PAYLOAD_LOG_DIR": str(node.layout.case_logs(NAME)),
            "TIMEOUT_STOP_S": str(ctx.settings.timeout_stop_s)}
     with ctx.step("run payload"):
-        ctx.run_payload(["python3", "-m", "pytest", "-v", "-s", "--tb=long", "-p",
+        run_payload(ctx, ["python3", "-m", "pytest", "-v", "-s", "--tb=long", "-p",
                          "no:cacheprovider", PAYLOAD],
                         env=env, cwd=node.layout.payloads / "hicache", pythonpath=pythonpath)
 

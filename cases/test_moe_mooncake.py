@@ -1,4 +1,5 @@
 """Elastic EP with the Mooncake backend: MoE model, MMLU score above 0.5."""
+from harness.run.payload import run_payload
 from harness.run.cases import SINGLE, Case, CaseContext
 from harness.servers.server import offline_env
 
@@ -13,7 +14,7 @@ def run(ctx: CaseContext) -> None:
         offline = offline_env(node, MODEL)
     env = {**ctx.sim_env(node), **offline, "SGLANG_WORKSPACE": workspace}
     with ctx.step("run payload"):
-        ctx.run_payload(["python3", "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider",
+        run_payload(ctx, ["python3", "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider",
                          "test_moe_mooncake.py"],
                         env=env, cwd=node.layout.payloads / "moe",
                         pythonpath=ctx.pythonpath(node, f"{workspace}/sglang"))

@@ -30,35 +30,30 @@ def read_version(ctx: CaseContext) -> Version:
     return version
 
 
-def run(ctx: CaseContext) -> None:
-    version = read_version(ctx)
-    ctx.each_model(MODELS, lambda model: run_model(ctx, model, version))
-
-
-def run_model(ctx: CaseContext, model: str, version: Version) -> None:
-    url = start_servers(ctx, model, version).url(CHAT_ROUTE)
-    with ctx.step(f"{model}: request"):
-        status, body = ctx.post(url, request(model), 120, model, server="proxy")
-        data = require_json_ok(status, body, url=url, server="proxy")
-        require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
-
-
-def start_servers(ctx: CaseContext, model: str, version: Version | None = None) -> Server:
-    """Prefill on the remote host, decode here, then the proxy the vLLM version picks
-    (`invoke serve` reads the version first); the proxy."""
-    version = read_version(ctx) if version is None else version
+def start_servers(ctx: CaseContext, model: str) -> Server:
+    """Prefill on the remote host, decode here, then the proxy the vLLM version (read once,
+    before the first model) picks; the proxy."""
     prefill = vllm_server(ctx, "prefill", ctx.remote, model, PREFILL_PORT, "kv_producer",
                           "vllm_server_remote.log")
     decode = vllm_server(ctx, "decode", ctx.local, model, DECODE_PORT, "kv_consumer",
                          "vllm_server_local.log")
     with ctx.step(f"{model}: start prefill and decode"):
         start_all([prefill, decode])
-    proxy = vllm_proxy(ctx, model, version, prefill, decode)
+    proxy = vllm_proxy(ctx, model, ctx.prepared, prefill, decode)
     with ctx.step(f"{model}: start proxy"):
         start_all([proxy])
     return proxy
 
 
-CASE = Case(NAME, "VLLM", DOUBLE, 10, MODELS, run,
-            "vLLM prefill on the remote host, decode here, Mooncake connector, proxy in front",
-            start_servers=start_servers)
+def check(ctx: CaseContext, model: str, proxy: Server) -> None:
+    url = proxy.url(CHAT_ROUTE)
+    with ctx.step(f"{model}: request"):
+        status, body = ctx.post(url, request(model), 120, model, server="proxy")
+        data = require_json_ok(status, body, url=url, server="proxy")
+        require_match(chat_content(data, server="proxy"), r"paris", server="proxy")
+
+
+CASE = Case(NAME, "VLLM", DOUBLE, 10, MODELS,
+            summary="vLLM prefill on the remote host, decode here, Mooncake connector, proxy in "
+                    "front",
+            start_servers=start_servers, check=check, before=read_version)

@@ -37,20 +37,48 @@ SINGLE, DOUBLE = "single", "double"
 
 @dataclass(frozen=True)
 class Case:
+    """A case, declared. A single-host case gives `run`, the whole case. A double case gives
+    its models and, per model, `start_servers` (its servers, returning the one the request
+    goes to: the router or proxy) and `check` (the request and the verdict on its answer);
+    the runner runs each model in its own scope. `before` runs once first (what must fail
+    before any model loads, or what every model shares: `ctx.prepared` holds its value)."""
     name: str
     group: str
     kind: str
     order: int
     models: tuple[str, ...]
-    run: Callable[["CaseContext"], None]
+    run: Callable[["CaseContext"], None] | None = None
     summary: str = ""
-    # A double case's "start this model's servers and router/proxy" part, which its own run
-    # calls too; `invoke serve` runs it alone and keeps what it started up.
-    start_servers: Callable[["CaseContext", str], None] | None = None
+    start_servers: Callable[["CaseContext", str], Server] | None = None
+    check: Callable[["CaseContext", str, Server], None] | None = None
+    before: Callable[["CaseContext"], object] | None = None
+
+    def __post_init__(self) -> None:
+        declared = (self.run is not None if self.kind == SINGLE else
+                    self.start_servers is not None and self.check is not None)
+        if not declared:
+            raise TypeError(f"case {self.name}: a {self.kind} case declares "
+                            + ("run" if self.kind == SINGLE else "start_servers and check"))
 
     @property
     def double(self) -> bool:
         return self.kind == DOUBLE
+
+    def execute(self, ctx: "CaseContext") -> None:
+        """The whole case: `run`, or `before` and then each model (start, check, stop)."""
+        if self.run is not None:
+            self.run(ctx)
+            return
+        self.prepare(ctx)
+        ctx.each_model(self.models, self._one_model)
+
+    def prepare(self, ctx: "CaseContext") -> None:
+        if self.before is not None:
+            ctx.prepared = self.before(ctx)
+
+    def _one_model(self, ctx: "CaseContext", model: str) -> None:
+        assert self.start_servers is not None and self.check is not None
+        self.check(ctx, model, self.start_servers(ctx, model))
 
 
 def discover() -> dict[str, Case]:
@@ -107,6 +135,7 @@ class CaseContext:
         # KEEP_ON_FAILURE: the failing model's servers are left running (harness.run.keep)
         self.keep_on_failure = settings.keep_on_failure
         self.kept_servers: list[Server] | None = None
+        self.prepared: object = None  # what the case's `before` returned
 
     # --- steps --------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -172,7 +201,8 @@ class CaseContext:
         """A file in the model's log directory on this machine (e.g. curl_response.log)."""
         return Path(str(self.local.on_host(self.model_logs(self.local, model) / name)))
 
-    def each_model(self, models: Sequence[str], body: Callable[[str], None]) -> None:
+    def each_model(self, models: Sequence[str],
+                   body: Callable[["CaseContext", str], None]) -> None:
         """Run `body` per model; everything it started is stopped on both hosts, and their GPUs
         drained, before the next model. Every model runs; the case fails if any did, naming the
         first failure."""
@@ -198,7 +228,7 @@ class CaseContext:
             first.message = f"{model}: {first.message}{more}"
             raise first
 
-    def _one_model(self, model: str, body: Callable[[str], None]) -> None:
+    def _one_model(self, model: str, body: Callable[["CaseContext", str], None]) -> None:
         outer = self._stack, self._servers, self._scope
         try:
             with ExitStack() as stack:
@@ -207,7 +237,7 @@ class CaseContext:
                 for node in self.nodes:
                     node.host.mkdir(node.on_host(self.model_logs(node, model)))
                 try:
-                    body(model)
+                    body(self, model)
                 except HarnessError:
                     if self.keeps_failures:
                         self.kept_servers = list(self._servers or [])
@@ -221,7 +251,7 @@ class CaseContext:
         """KEEP_ON_FAILURE=true and not stopping on Ctrl-C/SIGTERM (that still stops all)."""
         return self.keep_on_failure and not self.cancel.is_set()
 
-    def in_model_scope(self, model: str, body: Callable[[str], None]) -> None:
+    def in_model_scope(self, model: str, body: Callable[["CaseContext", str], None]) -> None:
         """Run `body(model)` as `each_model` runs one model: what it starts is stopped when it
         returns or raises (`invoke serve` holds its servers inside one)."""
         self._one_model(model, body)
@@ -316,74 +346,3 @@ class CaseContext:
             if status != 200:
                 span.outcome = f"HTTP {status}"
         return status, body
-
-    def run_payload(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
-                    pythonpath: Sequence[str] = (), cwd: object = None,
-                    node: Node | None = None) -> None:
-        """Run a single-host case's command in the background into `<case>.log`; wait for it.
-
-        Running it as a spawned group (not a blocking exec) lets Ctrl-C stop it and everything
-        it started, inside a container too.
-        """
-        node = node or self.local
-        log_path = node.layout.case_log(self.case.name)
-        server = self.server("payload", node, argv, log=log_path, ready=(), env=env,
-                             pythonpath=pythonpath, cwd=cwd, kind="payload")
-        server.start()
-        proc = server.proc
-        assert proc is not None
-        next_alive_check = time.monotonic() + 1.0
-        echo = _ConsoleEcho(node, log_path)
-
-        def finished() -> tuple[bool, str]:
-            nonlocal next_alive_check
-            echo.more()
-            if proc.exit_code() is not None:
-                echo.rest()
-                return True, ""
-            if time.monotonic() >= next_alive_check:
-                next_alive_check = time.monotonic() + 1.0
-                if not node.alive(proc.pgid) and proc.exit_code() is None:
-                    raise ServerExited("payload is gone without an exit status (killed?)",
-                                       host=node.name, log_tail=server.log_tail())
-            return False, "still running"
-
-        try:
-            done, _, _ = wait_until(finished, timeout_s=self.settings.timeout_case_s,
-                                    awaited=f"the payload on {node.name}", cancel=self.cancel,
-                                    detail=server.last_log_line)
-        except BaseException as exc:
-            if server.span is not None:
-                server.span.failed(exc)
-            raise
-        if server.span is not None:  # the payload's span ends when it exits, not at its stop
-            code = proc.exit_code()
-            server.span.close("timed out" if not done else "ok" if code == 0 else f"exit {code}")
-        if not done:
-            raise CaseFailed(f"payload still running after {self.settings.timeout_case_s:.0f}s",
-                             host=node.name, log_tail=server.log_tail())
-        code = proc.exit_code()
-        # The stop registered above still runs: it ends anything the payload left in its group.
-        if code != 0:
-            raise CaseFailed(f"payload exited with status {code}", host=node.name,
-                             log_tail=tail(server.log_tail(40), 40),
-                             hint=f"see {log_path.name} in the case's log dir")
-
-
-class _ConsoleEcho:
-    """A payload's output on the console as well as in `<case>.log`, as the old scripts' `tee`
-    did (T-One's job log is the console): what the log gained since the last look, by lines."""
-
-    def __init__(self, node: Node, log_path: PurePosixPath) -> None:
-        self.log = LogFollower(node, log_path)
-
-    def more(self) -> None:
-        lines = self.log.new_lines()
-        if lines:
-            print(lines, flush=True)
-
-    def rest(self) -> None:
-        self.more()
-        if self.log.partial:
-            print(self.log.partial, flush=True)
-            self.log.partial = ""

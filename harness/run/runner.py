@@ -141,7 +141,7 @@ def _run_case(run: Run, case: Case) -> None:
                               run.env.cancel, run.env.timeline)
             stack.callback(_collect_logs, run, case.name)
             stack.callback(ctx.stop_leftovers)
-            case.run(ctx)
+            case.execute(ctx)
         if result.cleanup_errors:  # it passed, but left something running somewhere
             raise HarnessError("cleanup failed: " + "; ".join(result.cleanup_errors),
                                step="cleanup")

@@ -58,7 +58,8 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
             ctx.keep_on_failure = False  # a failed start stops what it started, as a run does
             stack.callback(_copy_remote_logs, run, case.name)  # after every stop
             stack.callback(ctx.stop_leftovers)
-            ctx.in_model_scope(model, lambda m: _hold(ctx, case, m))
+            case.prepare(ctx)
+            ctx.in_model_scope(model, lambda ctx, m: _hold(ctx, case, m))
     except KeyboardInterrupt:
         log.info("serve %s: stopped (Ctrl-C or SIGTERM)", case.name)
     finally:

@@ -1,5 +1,7 @@
 """The verdict written before the harness is installed (harness.results.verdict)."""
 import json
+
+import pytest
 from pathlib import Path
 
 from harness.run import cases as registry
@@ -56,3 +58,31 @@ def test_a_rerun_marks_only_the_cases_that_failed(tmp_path):
     assert summary["group"] == "SGLANG"
     assert [(c["case"], c["status"], c["reason"]) for c in summary["cases"]] == [
         ("test_1p1d_erdma", "Fail", "run did not finish"), ("test_moe_mooncake", "Pass", "")]
+
+
+def test_a_case_declares_what_its_kind_needs():
+    from harness.run.cases import DOUBLE, SINGLE, Case
+    with pytest.raises(TypeError, match="a single case declares run"):
+        Case("s", "SGLANG", SINGLE, 0, ())
+    with pytest.raises(TypeError, match="a double case declares start_servers and check"):
+        Case("d", "SGLANG", DOUBLE, 0, ("Org/M",), start_servers=lambda ctx, m: None)
+
+
+def test_a_double_case_runs_its_before_once_then_each_model_start_then_check():
+    from harness.run.cases import DOUBLE, Case
+    seen = []
+
+    class Ctx:
+        prepared = None
+
+        def each_model(self, models, body):
+            for model in models:
+                body(self, model)
+
+    case = Case("d", "SGLANG", DOUBLE, 0, ("A/a", "B/b"),
+                before=lambda ctx: seen.append("before") or "shared",
+                start_servers=lambda ctx, m: seen.append(f"start {m} {ctx.prepared}") or m,
+                check=lambda ctx, m, front: seen.append(f"check {m} via {front}"))
+    case.execute(Ctx())
+    assert seen == ["before", "start A/a shared", "check A/a via A/a",
+                    "start B/b shared", "check B/b via B/b"]
