@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from harness.policy import RunPolicy
 from harness.prep import per_host as prep
 
 from harness.hosts import procs
@@ -40,9 +41,13 @@ class Environment:
     local: Node | None = None
     remote: Node | None = None
     prep_s: dict[str, float] = field(default_factory=dict)
-    cancel: Cancel = field(default_factory=Cancel)  # the run's: Ctrl-C/SIGTERM set it
+    policy: RunPolicy = field(default_factory=RunPolicy)  # the run's: cancel, keep-on-failure
     timeline: Timeline = field(default_factory=Timeline.off)  # the run's record of spans
-    keep_containers: bool = False  # KEEP_ON_FAILURE kept a failed case's servers in them
+
+    @property
+    def cancel(self) -> Cancel:
+        """The run's cancel token: Ctrl-C/SIGTERM set it."""
+        return self.policy.cancel
 
     @property
     def nodes(self) -> list[Node]:
@@ -240,7 +245,7 @@ def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
 
 
 def _stop_container(env: Environment, node: Node) -> None:
-    if env.keep_containers:
+    if env.policy.keeps_containers:
         log.info("%s: container %s left running (KEEP_ON_FAILURE)", node.name,
                  getattr(node, "container_name", ""))
         return

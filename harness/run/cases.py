@@ -26,6 +26,7 @@ from harness.prep.reset import gpu_source_for
 from harness.results.outcome import CaseResult
 from harness.servers.server import LogFollower, Rule, Server
 from harness.groups import groups_for, run_order
+from harness.policy import RunPolicy
 from harness.settings import Settings
 from harness.results.timeline import Timeline, log_ref
 from harness.waiting import Cancel, fan_out, wait_until
@@ -120,21 +121,20 @@ class CaseContext:
     """What a running case is handed by the runner."""
 
     def __init__(self, case: Case, settings: Settings, local: Node, remote: Node | None,
-                 result: CaseResult, stack: ExitStack, cancel: Cancel | None = None,
+                 result: CaseResult, stack: ExitStack, policy: RunPolicy | None = None,
                  timeline: Timeline | None = None) -> None:
         self.case = case
         self.settings = settings
         self.local = local
         self.remote = remote
         self.result = result
-        self.cancel = cancel or Cancel()
+        self.policy = policy or RunPolicy()     # the run's: cancel token, keep-on-failure
+        self.cancel = self.policy.cancel
         self.timeline = timeline or Timeline.off()  # the run's: spans of servers, requests...
         self._stack = stack
         self._servers: list[Server] | None = None  # the servers of the current scope
         self._scope = ""                            # its name ("" for the case, or the model)
         # KEEP_ON_FAILURE: the failing model's servers are left running (harness.run.keep)
-        self.keep_on_failure = settings.keep_on_failure
-        self.kept_servers: list[Server] | None = None
         self.prepared: object = None  # what the case's `before` returned
 
     # --- steps --------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ class CaseContext:
         first failure."""
         failures: list[tuple[str, HarnessError]] = []
         for index, model in enumerate(models):
-            if failures and self.kept_servers is not None:
+            if failures and self.policy.kept_servers is not None:
                 # KEEP_ON_FAILURE: the failed model's servers stay up; the run stops here
                 self.result.models[model] = (f"Fail: not run (KEEP_ON_FAILURE kept the "
                                              f"servers of {failures[0][0]})")
@@ -239,17 +239,12 @@ class CaseContext:
                 try:
                     body(self, model)
                 except HarnessError:
-                    if self.keeps_failures:
-                        self.kept_servers = list(self._servers or [])
+                    if self.policy.keeps_failures:
+                        self.policy.keep_servers(self._servers or [])
                         stack.pop_all()  # nothing of this model is stopped
                     raise
         finally:
             self._stack, self._servers, self._scope = outer
-
-    @property
-    def keeps_failures(self) -> bool:
-        """KEEP_ON_FAILURE=true and not stopping on Ctrl-C/SIGTERM (that still stops all)."""
-        return self.keep_on_failure and not self.cancel.is_set()
 
     def in_model_scope(self, model: str, body: Callable[["CaseContext", str], None]) -> None:
         """Run `body(model)` as `each_model` runs one model: what it starts is stopped when it
@@ -303,7 +298,7 @@ class CaseContext:
         """The backstop: stop every process group a PID file of this case still names, on
         every node (a spawn whose answer was lost, a server a failed step never handed back).
         Not when KEEP_ON_FAILURE kept a failed model's servers: they are what is left."""
-        if self.kept_servers is not None:
+        if self.policy.kept_servers is not None:
             return
         for node in self.nodes:
             try:

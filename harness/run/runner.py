@@ -22,6 +22,7 @@ from harness.run.cases import Case, CaseContext
 from harness.prep.environment import Environment
 from harness.errors import HarnessError, Interrupted, SettingsError
 from harness.hosts.local import LocalHost
+from harness.policy import RunPolicy
 from harness.run.keep import Kept, liveness, reach_text
 from harness.layout import Layout
 from harness.hosts.nodes import HostNode, Node
@@ -55,7 +56,8 @@ class Run:
 
     def __post_init__(self) -> None:
         self.results = {c.name: CaseResult(c.name, group=c.group) for c in self.cases}
-        self.env = Environment(self.settings, self.layout, uuid.uuid4().hex[:12])
+        self.env = Environment(self.settings, self.layout, uuid.uuid4().hex[:12],
+                               policy=RunPolicy(keep_on_failure=self.settings.keep_on_failure))
 
     @property
     def needs_remote(self) -> bool:
@@ -138,7 +140,7 @@ def _run_case(run: Run, case: Case) -> None:
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
             ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack,
-                              run.env.cancel, run.env.timeline)
+                              run.env.policy, run.env.timeline)
             stack.callback(_collect_logs, run, case.name)
             stack.callback(ctx.stop_leftovers)
             case.execute(ctx)
@@ -163,9 +165,9 @@ def _run_case(run: Run, case: Case) -> None:
             _write_summary(run, finished=False)
             print(f"{case.name}: {result.status.value}", flush=True)
     log.info("=== %s: %s (%.1fs) ===", case.name, result.status.value, result.duration_s)
-    if not result.passed and run.settings.keep_on_failure and not run.env.cancel.is_set():
+    if not result.passed and run.env.policy.keeps_failures:
         failed_model = next((m for m, v in result.models.items() if v.startswith("Fail")), "")
-        servers = (ctx.kept_servers or []) if ctx is not None else []
+        servers = run.env.policy.kept_servers or []
         run.kept = Kept(case.name, failed_model, servers, payload=not case.double,
                         containers=run.settings.harness_runtime is Runtime.DOCKER)
 
@@ -182,7 +184,7 @@ def _stop_for_keep(run: Run) -> None:
     what to reach is read now, while the nodes are open."""
     kept = run.kept
     assert kept is not None
-    run.env.keep_containers = True
+    run.env.policy.stop_at(kept.case)
     for result in run.results.values():
         if not result.decided:
             result.end(Outcome.NOT_RUN, kept.not_run_reason())

@@ -14,6 +14,7 @@ from harness.run import cases as case_registry
 from harness.prep import environment
 from harness.run.cases import Case, CaseContext
 from harness.errors import HarnessError, SettingsError
+from harness.policy import RunPolicy
 from harness.run.keep import Kept, liveness, reach_text
 from harness.results.outcome import CaseResult
 from harness.run.runner import Run, check_inputs, install_signal_handlers, fresh_case_dirs
@@ -53,9 +54,10 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
             environment.open_nodes(run.env, stack, needs_remote=True)
             environment.prepare(run.env, stack, case.group)
             fresh_case_dirs(run.env, case.name)
+            # a failed start stops what it started, as a run does: no keep-on-failure
+            policy = RunPolicy(run.env.cancel)
             ctx = CaseContext(case, settings, run.env.local, run.env.remote,
-                              CaseResult(case.name), stack, run.env.cancel)
-            ctx.keep_on_failure = False  # a failed start stops what it started, as a run does
+                              CaseResult(case.name), stack, policy)
             stack.callback(_copy_remote_logs, run, case.name)  # after every stop
             stack.callback(ctx.stop_leftovers)
             case.prepare(ctx)

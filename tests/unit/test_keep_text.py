@@ -78,3 +78,15 @@ def test_the_keep_reason_and_the_block_say_what_was_kept():
     payload = Kept("test_moe_mooncake", payload=True, containers=True)
     assert payload.not_run_reason().endswith("kept the containers up")
     assert "nothing is kept but the containers" in reach_text(settings(), [local], payload)
+
+
+def test_the_run_policy_keeps_only_while_not_cancelled():
+    from harness.policy import RunPolicy
+    policy = RunPolicy(keep_on_failure=True)
+    assert policy.keeps_failures and not policy.keeps_containers
+    policy.keep_servers(["decode"])
+    policy.stop_at("test_1p1d_erdma")
+    assert policy.kept_servers == ["decode"] and policy.keeps_containers
+    policy.cancel.set("interrupted")
+    assert not policy.keeps_failures  # Ctrl-C/SIGTERM still stops everything
+    assert not RunPolicy().keeps_failures
