@@ -40,6 +40,13 @@ def _harness_task(body):
     return wrapper
 
 
+def _tell(answer: object, step: str) -> None:
+    """A step that found nothing to do says so (the run tells it on its prep line)."""
+    why = getattr(answer, "why", None)
+    if why:
+        print(f"{step}: skipped ({why})")
+
+
 def _group(group: str) -> str:
     group = group.upper()
     if group not in ("SGLANG", "VLLM"):
@@ -83,7 +90,7 @@ def start_container(c, settings, group="SGLANG"):
     from harness.prep import manual
     node = manual.container_node(settings)
     image = settings.image_for(_group(group))
-    prep.pull_image(node.client, image, settings.image_pull)
+    _tell(prep.pull_image(node.client, image, settings.image_pull), "pull-image")
     prep.start_container(node, image, "manual")
     print(f"container {settings.container_name} running {image}")
 
@@ -103,7 +110,7 @@ def install_erdma(c, settings):
     """Install the eRDMA user-space packages in the running container and check ibv_devinfo."""
     from harness.prep import per_host as prep
     from harness.prep import manual
-    prep.install_erdma(manual.container_node(settings), settings)
+    _tell(prep.install_erdma(manual.container_node(settings), settings), "install-erdma")
 
 
 @task

@@ -33,19 +33,18 @@ from harness.hosts.local import Completed, LocalHost
 from harness.layout import CONTAINER_ROOT, Layout
 from harness.hosts.nodes import ContainerBase
 from harness.settings import ImagePull, Settings
-from harness.steps import STEP_PULL_IMAGE, skipped, starting
+from harness.results.steps import STEP_PULL_IMAGE, Skipped, starting
 
 log = logging.getLogger(__name__)
 
 
 def pull_image(engine: ContainerEngine, image: str, policy: ImagePull | str, *,
-               host: str = "local") -> bool:
+               host: str = "local") -> Skipped | None:
     """Pull `image` as IMAGE_PULL says: always (failure is an error), missing, never.
-    True when it pulled."""
+    `Skipped` (why) when there was nothing to pull."""
     policy = ImagePull(policy)
     if policy is not ImagePull.ALWAYS and _image_present(engine, image, host):
-        skipped(STEP_PULL_IMAGE, host, f"IMAGE_PULL={policy.value} and {image} is present")
-        return False
+        return Skipped(f"IMAGE_PULL={policy.value} and {image} is present")
     if policy is ImagePull.NEVER:
         raise DockerError(f"image {image} is not present and IMAGE_PULL=never",
                           step=STEP_PULL_IMAGE, host=host,
@@ -61,7 +60,7 @@ def pull_image(engine: ContainerEngine, image: str, policy: ImagePull | str, *,
         raise DockerError(f"cannot pull image {image}: {answer}", step=STEP_PULL_IMAGE,
                           host=host, hint="check the image name and the registry; "
                                           "IMAGE_PULL=missing uses an image already on the host")
-    return True
+    return None
 
 
 def _image_present(engine: ContainerEngine, image: str, host: str) -> bool:
@@ -135,7 +134,7 @@ class ContainerNode(ContainerBase):
         return container_spec(self.settings, image, run_id, name=self.container_name,
                               project_dir=self.project_dir, exists=self.host.exists)
 
-    def pull(self, image: str, policy: ImagePull | str) -> bool:
+    def pull(self, image: str, policy: ImagePull | str) -> Skipped | None:
         return pull_image(self.engine, image, policy, host=self.name)
 
     def start(self, image: str, run_id: str) -> None:

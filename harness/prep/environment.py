@@ -18,7 +18,7 @@ from harness.policy import RunPolicy
 from harness.prep import per_host as prep
 
 from harness.hosts import procs
-from harness.errors import HarnessError, Interrupted
+from harness.errors import HarnessError
 from harness.hosts.local import LocalHost
 from harness.layout import Layout
 from harness.prep.sim_gpu import SimGpu, sim_gpu_dir
@@ -26,8 +26,9 @@ from harness.hosts.nodes import HostNode, Node
 from harness.prep.reset import gpu_source_for, reset_node
 from harness.settings import RemoteVia, Runtime, Settings
 from harness.shrc import shrc_text
+from harness.results.steps import Steps
 from harness.results.timeline import Timeline
-from harness.waiting import Cancel, fan_out, reporting
+from harness.waiting import Cancel, fan_out
 from harness.prep.wheel import fetch_wheel, find_wheel
 
 log = logging.getLogger(__name__)
@@ -94,52 +95,12 @@ def open_nodes(env: Environment, stack: ExitStack, needs_remote: bool) -> None:
 
 
 # --- preparation ------------------------------------------------------------------------------
-class _Steps:
-    """Runs one host's prep steps: logs, times, and tags errors with the step and host; a
-    cancel (Ctrl-C, or the other host's prep failed) stops it before the next step. A step
-    that takes long prints progress lines; the steps a run skips are told on one line."""
+def _steps(env: Environment, node: Node, cancel: Cancel) -> Steps:
+    """One host's prep steps: a cancel (Ctrl-C, or the other host's prep failed) stops it
+    before its next step; a long step prints progress lines."""
+    return Steps(node.name, f"prep {node.name}", env.prep_s, env.timeline, kind="prep",
+                 cancel=cancel, key=lambda name: f"{node.name}:{name}", progress=True)
 
-    def __init__(self, env: Environment, node: Node, cancel: Cancel) -> None:
-        self.env = env
-        self.node = node
-        self.cancel = cancel
-        self._skipped: list[tuple[str, str]] = []
-
-    def __call__(self, name: str, action: Callable[[], object]):
-        self.tell_skipped()
-        if self.cancel.is_set():
-            raise Interrupted(f"{self.cancel.reason} before this step", step=name,
-                              host=self.node.name)
-        log.info("prep %s: %s ...", self.node.name, name)
-        start = time.monotonic()
-        try:
-            with self.env.timeline.span(self.node.name, "prep", name), \
-                    reporting(f"{name} on {self.node.name}"):
-                value = action()
-        except HarnessError as exc:
-            exc.at(step=name, host=self.node.name)
-            raise
-        finally:
-            self.env.prep_s[f"{self.node.name}:{name}"] = round(time.monotonic() - start, 3)
-        log.info("prep %s: %s done (%.1fs)", self.node.name, name, time.monotonic() - start)
-        return value
-
-    def skip(self, name: str, why: str, value=None):
-        self._skipped.append((name, why))
-        self.env.timeline.skipped(self.node.name, "prep", name, why)
-        self.env.prep_s[f"{self.node.name}:{name}"] = 0.0
-        return value
-
-    def tell_skipped(self) -> None:
-        """One line for the skipped steps so far: `a, b skipped (why); c skipped (why)`."""
-        if not self._skipped:
-            return
-        by_reason: dict[str, list[str]] = {}
-        for name, why in self._skipped:
-            by_reason.setdefault(why, []).append(name)
-        self._skipped = []
-        log.info("prep %s: %s", self.node.name, "; ".join(
-            f"{', '.join(names)} skipped ({why})" for why, names in by_reason.items()))
 
 class _Wheel:
     """The local wheel, handed to the remote host's pip step when it is ready."""
@@ -160,14 +121,14 @@ def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool 
     With local_node=False (`invoke prepare-remote`) this host only provides the wheel."""
     wheel = _Wheel()
     def local(cancel: Cancel) -> None:
-        steps = _Steps(env, env.local, cancel)
+        steps = _steps(env, env.local, cancel)
         try:
             _prepare_local(env, env.local, stack, group, wheel, local_node, steps)
         finally:
             steps.tell_skipped()
 
     def remote(cancel: Cancel) -> None:
-        steps = _Steps(env, env.remote, cancel)
+        steps = _steps(env, env.remote, cancel)
         try:
             _prepare_remote(env, env.remote, stack, group, wheel, steps)
         finally:
@@ -177,7 +138,7 @@ def prepare(env: Environment, stack: ExitStack, group: str, *, local_node: bool 
 
 
 def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
-                   wheel: _Wheel, whole: bool, step: _Steps) -> None:
+                   wheel: _Wheel, whole: bool, step: Steps) -> None:
     s = env.settings
     try:
         same_wheel = step("run-dir", lambda: prep.prepare_run_dir(s, node.host, env.layout))
@@ -187,8 +148,8 @@ def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
         if not (s.mooncake_wheel or s.artifact_id) and s.harness_sim:
             path = step.skip("get-wheel", "simulated run without MOONCAKE_WHEEL or ARTIFACT_ID")
         elif same_wheel:
-            path = step.skip("get-wheel", "run/.shrc records the same ARTIFACT_ID and the wheel "
-                             "is present", value=find_wheel(whl_dir))
+            path = step.skip("get-wheel", f"artifact {s.artifact_id} already in run/whls (its "
+                             "stamp and sha256 match)", value=find_wheel(whl_dir))
         else:
             path = step("get-wheel", lambda: fetch_wheel(s, whl_dir))
     except BaseException:
@@ -201,7 +162,7 @@ def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
 
 
 def _prepare_remote(env: Environment, node: Node, stack: ExitStack, group: str,
-                    wheel: _Wheel, step: _Steps) -> None:
+                    wheel: _Wheel, step: Steps) -> None:
     s = env.settings
     remote = env.layout.view(node.host_layout.root)
     shrc = shrc_text(s, remote.path_entries())
@@ -225,7 +186,7 @@ def _put_wheel(node: Node, local: Path, target) -> None:
 
 
 def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
-                     step: _Steps) -> None:
+                     step: Steps) -> None:
     s = env.settings
     if isinstance(node, HostNode):
         for name in ("pull-image", "start-container", "install-erdma"):
@@ -238,10 +199,7 @@ def _container_steps(env: Environment, node: Node, stack: ExitStack, group: str,
     # start-container replaces it, `invoke clean` removes it.
     stack.callback(_stop_container, env, node)
     step("start-container", lambda: prep.start_container(node, image, env.run_id))
-    if s.install_erdma:
-        step("install-erdma", lambda: prep.install_erdma(node, s))
-    else:
-        step.skip("install-erdma", "INSTALL_ERDMA=false")
+    step("install-erdma", lambda: prep.install_erdma(node, s))
 
 
 def _stop_container(env: Environment, node: Node) -> None:
@@ -252,7 +210,7 @@ def _stop_container(env: Environment, node: Node) -> None:
     node.stop_container()
 
 
-def _pip_step(env: Environment, node: Node, group: str, step: _Steps,
+def _pip_step(env: Environment, node: Node, group: str, step: Steps,
               wheel: Path | None) -> None:
     if wheel is None and isinstance(node, HostNode):
         step.skip("pip-install", "no wheel to install")

@@ -25,9 +25,9 @@ from harness.layout import Layout
 from harness.hosts.nodes import Node
 from harness.settings import ImagePull, Runtime, Settings
 from harness.shrc import read_shrc, write_shrc
-from harness.steps import (STEP_GET_WHEEL, STEP_INSTALL_ERDMA,  # noqa: F401 - prep's names
-                           STEP_PIP_INSTALL, STEP_PULL_IMAGE, STEP_RUN_DIR, STEP_START_CONTAINER,
-                           at_step, skipped, starting)
+from harness.results.steps import (STEP_GET_WHEEL, STEP_INSTALL_ERDMA,  # noqa: F401 - prep's
+                                   STEP_PIP_INSTALL, STEP_PULL_IMAGE, STEP_RUN_DIR,
+                                   STEP_START_CONTAINER, Skipped, at_step, starting)
 from harness.prep.wheel import reusable_wheel
 
 log = logging.getLogger(__name__)
@@ -71,18 +71,14 @@ def prepare_run_dir(settings: Settings, host, layout: Layout) -> bool:
     except OSError as exc:
         raise HarnessError(f"cannot prepare {layout.run}: {exc}", step=STEP_RUN_DIR,
                            host=host.name) from None
-    current = wheel_is_current(settings, Path(str(layout.whls)))
-    if current:
-        skipped(STEP_GET_WHEEL, host.name,
-                f"artifact {settings.artifact_id} already in {layout.whls} (its stamp and "
-                "sha256 match)")
-    return current
+    return wheel_is_current(settings, Path(str(layout.whls)))
 
 
 # --- 3. image ----------------------------------------------------------------------------------
-def pull_image(client, image: str, policy: ImagePull | str, *, host: str = "local") -> bool:
+def pull_image(client, image: str, policy: ImagePull | str, *,
+               host: str = "local") -> Skipped | None:
     """Pull `image` with a docker SDK client as IMAGE_PULL says (the container node's policy,
-    harness.containers.node.pull_image); True when it pulled."""
+    harness.containers.node.pull_image); `Skipped` when there was nothing to pull."""
     from harness.containers.node import SdkEngine, pull_image as pull_with_policy
     return pull_with_policy(SdkEngine(client), image, policy, host=host)
 
@@ -141,15 +137,13 @@ def erdma_commands(settings: Settings, codename: str) -> list[tuple[list[str], d
     ]
 
 
-def install_erdma(node: Node, settings: Settings) -> None:
-    """Add the eRDMA apt repo for the container's Ubuntu, install verbs, require ibv_devinfo."""
+def install_erdma(node: Node, settings: Settings) -> Skipped | None:
+    """Add the eRDMA apt repo for the container's Ubuntu, install verbs, require ibv_devinfo;
+    `Skipped` (why) when the settings say not to."""
     if not settings.install_erdma:
-        skipped(STEP_INSTALL_ERDMA, node.name, "INSTALL_ERDMA=false")
-        return
+        return Skipped("INSTALL_ERDMA=false")
     if settings.harness_runtime is Runtime.HOST:
-        skipped(STEP_INSTALL_ERDMA, node.name, "HARNESS_RUNTIME=host: nothing is installed "
-                                               "into the host's system")
-        return
+        return Skipped("HARNESS_RUNTIME=host: nothing is installed into the host's system")
     with at_step(STEP_INSTALL_ERDMA, node.name):
         os_release = node.exec(["cat", "/etc/os-release"], check=False, timeout=PROBE_TIMEOUT_S)
         codename, warning = erdma_codename(os_release.output if os_release.ok else "")
@@ -166,6 +160,7 @@ def install_erdma(node: Node, settings: Settings) -> None:
                                 hint="no usable RDMA device in the container: check "
                                      "RDMA_DEVICES and the host's eRDMA driver, or set "
                                      "INSTALL_ERDMA=false")
+    return None
 
 
 # --- 6. Python packages ------------------------------------------------------------------------
@@ -187,7 +182,8 @@ def install_python_packages(node: Node, settings: Settings, group: str, wheel_na
     """
     with at_step(STEP_PIP_INSTALL, node.name):
         if wheel_name is None:  # a simulated run without a wheel: the image's Mooncake stays
-            skipped(STEP_PIP_INSTALL, node.name, "no Mooncake wheel in this run")
+            starting(STEP_PIP_INSTALL, node.name, "no Mooncake wheel in this run: the "
+                     "installed Mooncake stays")
         else:
             wheel = node.layout.whls / PurePosixPath(wheel_name).name
             starting(STEP_PIP_INSTALL, node.name, f"{wheel.name} into {python}")
@@ -198,7 +194,7 @@ def install_python_packages(node: Node, settings: Settings, group: str, wheel_na
         probe = node.exec([python, "-c", "import sglang_router"], check=False,
                           timeout=PROBE_TIMEOUT_S)
         if probe.ok:
-            skipped(STEP_PIP_INSTALL, node.name, "sglang-router already importable")
+            starting(STEP_PIP_INSTALL, node.name, "sglang-router already importable")
             return
         starting(STEP_PIP_INSTALL, node.name,
                  f"sglang-router from {settings.router_pip_index_url}")

@@ -10,8 +10,6 @@ import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
-from contextlib import contextmanager
 
 from harness.files import write_json_atomic
 from harness.layout import Layout
@@ -59,15 +57,6 @@ class CaseResult:
     def end(self, outcome: Outcome, reason: str = "") -> None:
         """Decide the case: its outcome and, for anything but a pass, why."""
         self.outcome, self.reason = outcome, reason
-
-    @contextmanager
-    def timed(self, step: str) -> Iterator[None]:
-        """Record how long `step` took (also when it raises)."""
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self.steps_s[step] = round(self.steps_s.get(step, 0.0) + time.monotonic() - start, 3)
 
     def to_summary(self) -> dict:
         data = {"case": self.case, "status": self.status.value, **asdict(self)}

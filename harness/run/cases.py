@@ -15,7 +15,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
 from harness.run import answers
 from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
@@ -28,6 +28,7 @@ from harness.servers.server import LogFollower, Rule, Server
 from harness.groups import groups_for, run_order
 from harness.policy import RunPolicy
 from harness.settings import Settings
+from harness.results.steps import Steps
 from harness.results.timeline import Timeline, log_ref
 from harness.waiting import Cancel, fan_out, wait_until
 
@@ -131,6 +132,7 @@ class CaseContext:
         self.policy = policy or RunPolicy()     # the run's: cancel token, keep-on-failure
         self.cancel = self.policy.cancel
         self.timeline = timeline or Timeline.off()  # the run's: spans of servers, requests...
+        self._steps = Steps(local.name, case.name, result.steps_s, tag_host=False)
         self._stack = stack
         self._servers: list[Server] | None = None  # the servers of the current scope
         self._scope = ""                            # its name ("" for the case, or the model)
@@ -138,16 +140,10 @@ class CaseContext:
         self.prepared: object = None  # what the case's `before` returned
 
     # --- steps --------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        """Time a step and tag any error raised in it with the step's name."""
-        log.info("%s: %s", self.case.name, name)
-        with self.result.timed(name):
-            try:
-                yield
-            except HarnessError as exc:
-                exc.at(step=name)
-                raise
+    def step(self, name: str) -> ContextManager[object]:
+        """A step of the case (the run's step recorder): told, timed into the case's
+        `steps_s`, and any error raised in it names it."""
+        return self._steps.step(name)
 
     # --- environment for what the case starts -------------------------------------------------
     def pythonpath(self, node: Node, *extra: object) -> list[str]:
@@ -324,7 +320,7 @@ class CaseContext:
                 note = f"could not stop {server.name} on {server.node.name}: {exc.message}"
                 log.error("%s: %s", self.case.name, note)
                 self.result.cleanup_errors.append(note)
-        with self.result.timed(step):
+        with self.step(step):
             fan_out([lambda _, server=server: stop(server) for server in servers], Cancel(),
                     "server stop")
 

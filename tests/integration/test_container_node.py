@@ -15,6 +15,7 @@ import pytest
 
 from harness.containers.node import ContainerNode, remote_container_node
 from harness.errors import DockerError
+from harness.results.steps import Skipped
 from harness.hosts.local import LocalHost
 from harness.hosts.ssh import SSHHost
 
@@ -54,7 +55,7 @@ def node(request, remote_settings, docker_client, tmp_path):
 def test_one_lifecycle_over_either_transport(node, docker_client, test_image, caplog):
     assert type(node) is ContainerNode
     caplog.set_level(logging.INFO)
-    assert node.pull(test_image, "missing") is False
+    assert isinstance(node.pull(test_image, "missing"), Skipped)
     assert f"[remote] pull-image: skipped (IMAGE_PULL=missing and {test_image} is present)" \
         in caplog.messages
     with pytest.raises(DockerError) as err:

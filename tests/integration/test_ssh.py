@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import CommandFailed, HarnessError
+from harness.results.steps import Skipped
 from harness.hosts.nodes import HostNode, local_group_alive
 from harness.servers.server import Server, http_session, sglang_ready, start_all
 from harness.hosts.ssh import SSHError, SSHHost
@@ -369,7 +370,7 @@ def remote_node(remote_settings, docker_client, test_image, tmp_path, project):
 def test_remote_container_start_exec_serve_reset_remove(remote_node, docker_client, test_image):
     node, host = remote_node, remote_node.host
     assert node.ping()
-    assert node.pull(test_image, "never") is False          # present: nothing to pull
+    assert isinstance(node.pull(test_image, "never"), Skipped)  # present: nothing to pull
     with pytest.raises(HarnessError, match="no-such-tag is not present and IMAGE_PULL=never"):
         node.pull("mooncake-harness-test:no-such-tag", "never")
     # a leftover stuck in `created` under this name is replaced

@@ -348,7 +348,7 @@ def test_the_pull_step_is_named_once():
     """(That the containers layer never imports prep is tests/unit/test_architecture.py's.)"""
     defined = [str(p.relative_to(HARNESS)) for p in HARNESS.rglob("*.py")
                if re.search(r"^STEP_PULL_IMAGE\s*=", p.read_text(), re.M)]
-    assert defined == ["steps.py"]
+    assert defined == ["results/steps.py"]
 
 
 def test_the_remote_node_is_the_same_class_as_the_local_one():

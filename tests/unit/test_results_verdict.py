@@ -89,8 +89,7 @@ def test_case_summary_carries_the_detail_test_results_must_not(tmp_path):
     result = CaseResult("test_a", Outcome.FAILED, reason="decode crashed\nline 2", step="start",
                         host="remote", server="decode", duration_s=12.34567,
                         models={"m": "Fail"}, cleanup_errors=["x left"], log_tail="tail")
-    with result.timed("start"):
-        pass
+    result.steps_s["start"] = 0.5
     results.write_case_result(Layout.at(tmp_path), result)
     summary = json.loads((tmp_path / "run/logs/test_a/case_summary.json").read_text())
     assert summary["case"] == "test_a" and summary["status"] == "Fail"
@@ -104,15 +103,38 @@ def test_case_summary_carries_the_detail_test_results_must_not(tmp_path):
     assert set(line) == {"test_case", "status", "timestamp"}
 
 
-def test_timed_adds_up_and_records_a_step_that_raised():
-    result = CaseResult("c")
-    with result.timed("prep"):
-        time.sleep(0.02)
-    with pytest.raises(RuntimeError):
-        with result.timed("prep"):
+def test_a_step_adds_up_its_time_and_names_itself_on_an_error_raised_in_it(caplog):
+    from harness.errors import HarnessError
+    from harness.results.steps import Steps
+    times: dict[str, float] = {}
+    steps = Steps("remote", "prep remote", times, key=lambda name: f"remote:{name}")
+    with caplog.at_level("INFO"):
+        with steps.step("pull-image"):
             time.sleep(0.02)
-            raise RuntimeError("x")
-    assert 0.04 <= result.steps_s["prep"] < 5
+        with pytest.raises(HarnessError) as info:
+            with steps.step("pull-image"):
+                time.sleep(0.02)
+                raise HarnessError("registry said no")
+    assert 0.04 <= times["remote:pull-image"] < 5
+    assert (info.value.step, info.value.host) == ("pull-image", "remote")
+    assert "prep remote: pull-image done (" in caplog.text
+
+
+def test_a_skip_is_told_once_with_its_one_reason(caplog):
+    from harness.results.steps import Skipped, Steps
+    times: dict[str, float] = {}
+    steps = Steps("local", "prep local", times)
+    with caplog.at_level("INFO"):
+        steps.skip("get-wheel", "no wheel asked for")
+        assert steps("pull-image", lambda: Skipped("the image is present")) == \
+            Skipped("the image is present")
+        steps.tell_skipped()
+        steps.tell_skipped()
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    # told before the next step starts, each once
+    assert lines == ["prep local: get-wheel skipped (no wheel asked for)",
+                     "prep local: pull-image skipped (the image is present)"]
+    assert times["get-wheel"] == 0.0
 
 
 def test_a_case_is_fail_unless_it_says_pass():
