@@ -46,23 +46,37 @@ def clean_env(*drop: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(drop) and k != "PYTHONPATH"}
 
 
-def demo_env(remote_root: Path, **extra: str) -> dict[str, str]:
+def worker_addresses() -> tuple[str, str]:
+    """LOCAL_IP and REMOTE_IP of this test worker's own simulated cluster: 127.0.<10+N>.1 and
+    .2 for pytest-xdist worker gwN, so clusters of several workers run side by side on
+    loopback (the fixed ports are per address)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    net = 10 + int(worker) if worker.isdigit() else 10
+    return f"127.0.{net}.1", f"127.0.{net}.2"
+
+
+def demo_env(remote_root: Path, *, relocated: bool = False, **extra: str) -> dict[str, str]:
     """The demo's settings for a run in a project copy whose second node lives at `remote_root`;
     this environment's own harness variables left out, this interpreter first on PATH (the
-    payloads and engines run with `python3`)."""
+    payloads and engines run with `python3`). `relocated`: on this worker's own loopback
+    addresses (`worker_addresses`) instead of the demo's 127.0.0.1 and 127.0.0.2."""
     from harness.cli import DEMO_SETTINGS
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HARNESS_", "MOONCAKE_"))}
     env.update(DEMO_SETTINGS)
     env.update({"REMOTE_TEST_DIR": str(remote_root), "HARNESS_SIM_FAULTS": "",
-                "TIMEOUT_STOP_S": "5", **extra})
+                "TIMEOUT_STOP_S": "5"})
+    if relocated:
+        env["LOCAL_IP"], env["REMOTE_IP"] = worker_addresses()
+    env.update(extra)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     return env
 
 
 def run_processes(*roots: object) -> dict[int, str]:
     """PID -> command line of every process here that belongs to a run from `roots`: marked
-    `HARNESS_OWNER=<root>`, naming a root on its command line or working in one, or an
-    sglang-router (whose process title, `sglang::router`, overwrites its environment)."""
+    `HARNESS_OWNER=<root>`, naming a root on its command line, working in one, or writing
+    its output into one (an sglang-router's process title overwrites its environment). Never
+    a process of another test's run: tests run side by side."""
     owners = {f"HARNESS_OWNER={root}".encode() for root in roots}
     found = {}
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -73,12 +87,20 @@ def run_processes(*roots: object) -> dict[int, str]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace")
             cwd = os.readlink(f"/proc/{pid}/cwd")
+            out = _readlink(f"/proc/{pid}/fd/1")
         except OSError:
             continue
-        if (environ & owners or "sglang_router" in cmdline or "sglang::router" in cmdline
-                or any(str(root) in cmdline or cwd.startswith(str(root)) for root in roots)):
+        if environ & owners or any(str(root) in cmdline or cwd.startswith(str(root))
+                                   or out.startswith(str(root)) for root in roots):
             found[int(pid)] = cmdline[:200]
     return found
+
+
+def _readlink(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 class LoggedProcess:

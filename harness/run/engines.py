@@ -25,6 +25,13 @@ ROUTER_PORT = 8000
 ANY_ADDRESS = "0.0.0.0"   # the router and the proxy listen on every address of their host
 
 
+def front_address(ctx: CaseContext) -> str:
+    """Where the router or proxy listens: every address of its host (SPEC §7). A simulated
+    cluster keeps it, and the router's metrics, on its local address instead, so several
+    simulated clusters share one machine on different loopback addresses."""
+    return ctx.local.address if ctx.settings.harness_sim else ANY_ADDRESS
+
+
 # --- SGLang ------------------------------------------------------------------------------------
 def sglang_server(ctx: CaseContext, name: str, node: Node, model: str, port: int,
                   args: Sequence[str], log_name: str, *, encoder_only: bool = False) -> Server:
@@ -42,17 +49,17 @@ def sglang_server(ctx: CaseContext, name: str, node: Node, model: str, port: int
 
 def sglang_router(ctx: CaseContext, model: str, prefill: Server, decode: Server) -> Server:
     """The real sglang-router in PD mode on the local node, listening on 0.0.0.0:8000."""
-    node = ctx.local
+    node, address = ctx.local, front_address(ctx)
     argv = ["python3", "-m", "sglang_router.launch_router", "--pd-disaggregation",
             "--prefill", prefill.url(), "--decode", decode.url(),
-            "--host", ANY_ADDRESS, "--port", str(ROUTER_PORT)]
-    if ctx.settings.harness_sim:  # keep the router's metrics on loopback on shared test hosts
-        argv += ["--prometheus-host", "127.0.0.1"]
+            "--host", address, "--port", str(ROUTER_PORT)]
+    if ctx.settings.harness_sim:
+        argv += ["--prometheus-host", address]
         # the simulator's launcher applies router:* faults, then runs this same real router
         argv[1:3] = ["-m", "harness_sim.router"]
     return ctx.server("router", node, argv, log=ctx.model_logs(node, model) / "load_balancer.log",
                       ready=router_ready(2, ctx.settings.timeout_router_s),
-                      address=ANY_ADDRESS, port=ROUTER_PORT, env=ctx.sim_env(node, "router"),
+                      address=address, port=ROUTER_PORT, env=ctx.sim_env(node, "router"),
                       pythonpath=ctx.pythonpath(node))
 
 
@@ -100,8 +107,8 @@ def vllm_server(ctx: CaseContext, name: str, node: Node, model: str, port: int, 
 def vllm_proxy(ctx: CaseContext, model: str, version: Version, prefill: Server,
                decode: Server) -> Server:
     """The proxy the vLLM version picks, on the local node, listening on 0.0.0.0:8000."""
-    node, timeout_s = ctx.local, ctx.settings.timeout_proxy_s
-    route = ["--prefill", prefill.url(), "--decode", decode.url(), "--host", ANY_ADDRESS,
+    node, timeout_s, address = ctx.local, ctx.settings.timeout_proxy_s, front_address(ctx)
+    route = ["--prefill", prefill.url(), "--decode", decode.url(), "--host", address,
              "--port", str(PROXY_PORT)]
     if uses_connector_proxy(version):
         script = connector_proxy_path(ctx, node)
@@ -118,7 +125,7 @@ def vllm_proxy(ctx: CaseContext, model: str, version: Version, prefill: Server,
     if ctx.settings.harness_sim and script.endswith(OWN_PROXY):  # proxy:* faults, real proxy
         argv[2:2] = ["-m", "harness_sim.proxy_launcher"]
     return ctx.server("proxy", node, argv, log=ctx.model_logs(node, model) / "proxy.log",
-                      ready=ready, address=ANY_ADDRESS, port=PROXY_PORT,
+                      ready=ready, address=address, port=PROXY_PORT,
                       env=ctx.sim_env(node, "proxy"), pythonpath=ctx.pythonpath(node))
 
 

@@ -66,7 +66,7 @@ def project(tmp_path_factory):
 
 
 def run(project, what: str, faults: str, vllm_version: str = CONNECTOR_PROXY):
-    env = demo_env(project.parent / "remote-host" / "project", **SHORT,
+    env = demo_env(project.parent / "remote-host" / "project", relocated=True, **SHORT,
                    HARNESS_SIM_FAULTS=faults, HARNESS_SIM_VLLM_VERSION=vllm_version)
     argv = ["group", what] if what == VLLM else ["single", what]
     return subprocess.run([sys.executable, "-m", "harness", *argv], cwd=project, env=env,

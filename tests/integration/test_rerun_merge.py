@@ -27,7 +27,7 @@ CASE_START = re.compile(r"=== (\w+) \(", re.M)
 
 def harness(project: Path, tmp_path: Path, *args: str, nox: bool = False,
             **extra: str) -> subprocess.CompletedProcess:
-    env = demo_env(tmp_path / f"remote-of-{project.name}", **extra)
+    env = demo_env(tmp_path / f"remote-of-{project.name}", relocated=True, **extra)
     argv = ([sys.executable, "-m", "nox", "--no-venv", "-s", *args] if nox
             else [sys.executable, "-m", "harness", *args])
     return subprocess.run(argv, cwd=project, env=env, stdout=subprocess.PIPE,

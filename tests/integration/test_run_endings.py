@@ -62,7 +62,7 @@ class Demo:
     def __init__(self, project: Path, tmp_path: Path, *, via_nox: bool = False, **extra: str):
         self.project = project
         self.remote = tmp_path / "remote-host" / "project"
-        env = demo_env(self.remote, HARNESS_SIM_STARTUP_S="2", **extra)
+        env = demo_env(self.remote, relocated=True, HARNESS_SIM_STARTUP_S="2", **extra)
         if via_nox:  # what tone-cli signals: nox, which must pass it on and wait
             argv = [sys.executable, "-m", "nox", "--no-venv", "-s", "sglang"]
         else:

@@ -136,7 +136,7 @@ def test_the_run_leaves_its_timeline_and_report(tmp_path):
     url = f"http://127.0.0.1:{stub.server_port}/generate"
 
     def asks(ctx):
-        ctx.each_model(["Org/M"], lambda model: ctx.post(url, {}, 5, model, server="stub"))
+        ctx.each_model(["Org/M"], lambda ctx, model: ctx.post(url, {}, 5, model, server="stub"))
 
     try:
         code = run_cases(settings(), [Case("a", "SGLANG", "single", 0, ("Org/M",), asks)],

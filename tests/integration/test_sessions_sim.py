@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_single_session_runs_a_double_case_on_the_simulated_cluster(project, tmp_path):
-    env = demo_env(tmp_path / "remote")  # HARNESS_SIM=true and the demo's two local nodes
+    env = demo_env(tmp_path / "remote", relocated=True)  # HARNESS_SIM=true, two local nodes
     env.pop("VIRTUAL_ENV", None)
     done = subprocess.run([sys.executable, "-m", "nox", "-s", "single", "--", "test_1p1d_erdma"],
                           cwd=project, env=env, stdout=subprocess.PIPE,

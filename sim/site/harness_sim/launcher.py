@@ -52,6 +52,14 @@ def option(argv: Sequence[str], name: str, default: str) -> str:
     return value
 
 
+def local_url(argv: Sequence[str], default_port: str, path: str) -> str:
+    """Where the launched server answers on this machine: its `--host` (a wildcard bind is
+    reached on 127.0.0.1) and `--port`."""
+    host = option(argv, "--host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://{host}:{option(argv, '--port', default_port)}{path}"
+
+
 def http_ok(url: str) -> bool:
     try:
         status, _ = get_json(url, timeout=0.5)

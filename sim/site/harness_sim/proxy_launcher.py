@@ -14,17 +14,17 @@ import sys
 
 from harness_sim import faults
 from harness_sim.console import say
-from harness_sim.launcher import http_ok, launch, option
+from harness_sim.launcher import http_ok, launch, local_url
 from harness_sim.serving import TAG
 
 READY_LINE = "Application startup complete."
 
 
 def proxy_ready(argv: list[str]):
-    port = option(argv, "--port", "8000")
+    health = local_url(argv, "8000", "/health")
 
     def ready(output: str) -> bool:
-        return READY_LINE in output and http_ok(f"http://127.0.0.1:{port}/health")
+        return READY_LINE in output and http_ok(health)
     return ready
 
 

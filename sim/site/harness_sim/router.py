@@ -12,7 +12,7 @@ import re
 import sys
 
 from harness_sim import faults
-from harness_sim.launcher import http_ok, launch, option
+from harness_sim.launcher import http_ok, launch, local_url
 
 REAL_ROUTER = ("-m", "sglang_router.launch_router")
 WORKER_ACTIVATED = re.compile(r"Activated 1 worker\(s\) \(marked as healthy\)")
@@ -24,14 +24,14 @@ def worker_count(argv: list[str]) -> int:
 
 
 def router_ready(argv: list[str]):
-    port = option(argv, "--port", "30000")
+    readiness = local_url(argv, "30000", "/readiness")
     workers = worker_count(argv)
 
     def ready(output: str) -> bool:
         if (len(WORKER_ACTIVATED.findall(output)) >= workers
                 and TOKENIZER_LOADED.search(output)):
             return True
-        return http_ok(f"http://127.0.0.1:{port}/readiness")
+        return http_ok(readiness)
     return ready
 
 

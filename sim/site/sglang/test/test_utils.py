@@ -90,8 +90,9 @@ def _default_test_port() -> int:
     first_gpu = int((os.environ.get("CUDA_VISIBLE_DEVICES") or "0")[0] or 0)
     runner = 10000 + first_gpu * 2000 if is_in_ci() else 20000 + first_gpu * 1000
     port = runner + 1000
-    # Simulator only: skip ports in use on this (shared) machine, with their PD companions.
-    for candidate in range(port, port + 500):
+    # Simulator only: skip ports in use on this (shared) machine, with their PD companions,
+    # looked at in a random order so that payloads starting at once rarely pick the same.
+    for candidate in random.sample(range(port, port + 500), 500):
         if all(is_port_available(candidate + delta) for delta in (0, 100, 200, 500)):
             return candidate
     return port
