@@ -152,3 +152,53 @@ def remote_settings(sshd, tmp_path):
         values.update({k: str(v) for k, v in env.items()})
         return Settings.from_env(values)
     return build
+
+
+# --- no test leaves a process behind -------------------------------------------------------------
+_BEFORE: set[int] = set()
+LEFTOVER_GRACE_S = 5.0
+
+
+def _is_controller() -> bool:
+    return not os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_sessionstart(session):
+    if _is_controller():
+        _BEFORE.update(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+
+def _ours(pid: int, roots: tuple[str, ...]) -> str | None:
+    """The command line of a live process working in, or named after, one of `roots`."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()[0]
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (OSError, IndexError):
+        return None
+    if state in ("Z", "X"):
+        return None
+    return cmdline[:200] if any(cwd.startswith(r) or r in cmdline for r in roots) else None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Once every test (every worker) is done: a process a test started in this checkout or a
+    test's temp dir and left running fails the run, named."""
+    if not _is_controller() or not _BEFORE:
+        return
+    import time
+    roots = (str(ROOT), str(session.config._tmp_path_factory.getbasetemp()))
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while True:
+        me = os.getpid()
+        left = {pid: cmd for pid in (int(p) for p in os.listdir("/proc") if p.isdigit())
+                if pid not in _BEFORE and pid != me
+                for cmd in [_ours(pid, roots)] if cmd}
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if left:
+        print("\nprocesses left running by the tests:\n" + "\n".join(
+            f"  {pid}: {cmd}" for pid, cmd in sorted(left.items())))
+        session.exitstatus = 1

@@ -111,12 +111,15 @@ def test_run_processes_on_real_processes(tmp_path, started):
                              start_new_session=True)
     started.append(shell)
     in_session = int(shell.stdout.readline())
-    stranger = sleeper(started)
-    pids = [by_output.pid, by_group.pid, in_session, stranger.pid, 2 ** 22 + 7]
-    owned = run_processes(LocalHost(), pids, run, {by_group.pid, shell.pid})
-    assert owned == [by_output.pid, by_group.pid, in_session]
-    assert run_processes(LocalHost(), [stranger.pid], run) == []
-    assert run_processes(LocalHost(), [], run) == []
+    try:
+        stranger = sleeper(started)
+        pids = [by_output.pid, by_group.pid, in_session, stranger.pid, 2 ** 22 + 7]
+        owned = run_processes(LocalHost(), pids, run, {by_group.pid, shell.pid})
+        assert owned == [by_output.pid, by_group.pid, in_session]
+        assert run_processes(LocalHost(), [stranger.pid], run) == []
+        assert run_processes(LocalHost(), [], run) == []
+    finally:  # its own group: killing the shell leaves it running
+        os.killpg(in_session, signal.SIGKILL)
 
 
 def test_recorded_groups_reads_every_pid_file_of_the_run(tmp_path):
