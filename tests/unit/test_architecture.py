@@ -93,3 +93,16 @@ def test_each_layer_says_what_it_owns_and_may_import():
     for package in set(LAYERS) - {"entry", "base"}:
         doc = ast.get_docstring(ast.parse((HARNESS / package / "__init__.py").read_text()))
         assert doc and "import" in doc, f"harness/{package}/__init__.py: say what it may import"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_functions_fit_on_a_screen(module):
+    tree = ast.parse(modules()[module].read_text())
+    long = [f"{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert not long, f"{module}: over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
