@@ -1,31 +1,36 @@
 """Checks the simulator's knobs on the harness side, so a typo fails before anything starts.
 
 A fault knob that nothing applies is a test that cannot fail, so a pair that does not act is
-refused at start as firmly as a typo. ACTING is the table of pairs that act; the simulator
-keeps the same table (sim/site/harness_sim/faults.py, which does not import the harness: it
-runs inside serving images), and tests/unit/test_simknobs.py keeps the two equal.
+refused at start as firmly as a typo. Which pairs act is the simulator's table, read here from
+its own file (sim/site/harness_sim/faults.py: standard library only, and it does not import the
+harness, since it runs inside serving images); this module adds why the others cannot act.
 """
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 from packaging.version import InvalidVersion, Version
 
 from harness.errors import SettingsError
 from harness.vllm_version import uses_connector_proxy
 
-COMPONENTS = ("prefill", "decode", "encoder", "router", "proxy", "payload", "mooncake")
-SERVER_FAULTS = ("crash", "hang", "die-after-ready", "wrong-answer", "http-500", "gpu-leak")
-FAULTS = (*SERVER_FAULTS, "corrupt", "refuse")
+SIM_FAULTS_FILE = Path(__file__).resolve().parent.parent / "sim/site/harness_sim/faults.py"
 
-# component -> the faults that act on it, and why the others cannot.
-ACTING: dict[str, tuple[str, ...]] = {
-    "prefill": SERVER_FAULTS,   # simulated SGLang/vLLM servers play every server fault
-    "decode": SERVER_FAULTS,
-    "encoder": SERVER_FAULTS,
-    "router": ("crash", "hang", "die-after-ready"),
-    "proxy": ("crash", "hang", "die-after-ready", "wrong-answer", "http-500"),
-    "payload": SERVER_FAULTS,   # the payload plays crash/hang, the servers it starts the rest
-    "mooncake": ("corrupt", "refuse"),  # played on the KV a simulated prefill sends
-}
+
+def _sim_table():
+    spec = importlib.util.spec_from_file_location("harness_sim_fault_table", SIM_FAULTS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TABLE = _sim_table()
+COMPONENTS: tuple[str, ...] = _TABLE.COMPONENTS
+FAULTS: tuple[str, ...] = _TABLE.FAULTS
+ACTING: dict[str, tuple[str, ...]] = _TABLE.ACTING   # component -> the faults that act on it
+# The project's own proxy (real code, harness.vllm_version): only the launcher's faults act.
+OWN_PROXY_ACTING: tuple[str, ...] = _TABLE.OWN_PROXY_ACTING
 WHY_NOT = {
     "router": "the router is the real sglang-router: harness_sim.router can keep it from "
               "starting, stall it or end it once ready, not change its answers, and it holds "
@@ -36,8 +41,6 @@ WHY_NOT = {
                     "corrupt and refuse are Mooncake transfer faults: mooncake:corrupt, "
                     "mooncake:refuse"),
 }
-# The project's own proxy (real code, harness.vllm_version): only the launcher's faults act.
-OWN_PROXY_ACTING = ("crash", "hang", "die-after-ready")
 
 
 def _version(text: str) -> Version | None:

@@ -17,11 +17,10 @@ if str(SIM_SITE) not in sys.path:
 from harness_sim import faults as sim_faults  # noqa: E402
 
 
-def test_the_harness_and_the_simulator_agree_on_what_acts() -> None:
-    assert simknobs.COMPONENTS == sim_faults.COMPONENTS
-    assert simknobs.FAULTS == sim_faults.FAULTS
-    assert simknobs.ACTING == sim_faults.ACTING
-    assert simknobs.OWN_PROXY_ACTING == sim_faults.OWN_PROXY_ACTING
+def test_the_harness_checks_against_the_simulators_own_table() -> None:
+    """One table: the simulator's, which plays the faults (no copy to keep equal)."""
+    assert simknobs.ACTING is sim_faults.ACTING or simknobs.ACTING == sim_faults.ACTING
+    assert simknobs.SIM_FAULTS_FILE == Path(sim_faults.__file__).resolve()
     assert set(sim_faults.PAYLOAD_SERVER_FAULTS) | {"crash", "hang"} == set(
         simknobs.ACTING["payload"])
 

@@ -7,8 +7,8 @@ no component, so they are never affected. Payloads ask for `active_faults("paylo
 
 Anything unknown, and any pair that nothing applies (see ACTING), is a ValueError with one
 line naming what is accepted, because a fault knob that does nothing is a test that cannot
-fail. `harness/simknobs.py` holds the same table for the harness's start-up check; a unit test
-keeps the two equal.
+fail. This table is the only one: `harness/simknobs.py` reads this file for the harness's
+start-up check (so it imports nothing but the standard library).
 
 Whoever plays a fault says so with `played()`: one timestamped line in its log, from which
 the fault matrix (benchmarks/faults.py) measures how long the harness took to report it.
