@@ -9,12 +9,7 @@ from __future__ import annotations
 import shlex
 from typing import Sequence
 
-TAIL_LINES = 30
-
-
-def tail(text: str, lines: int = TAIL_LINES) -> str:
-    """The last `lines` lines of `text`."""
-    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+from harness.text import TAIL_LINES, tail  # noqa: F401 - the errors' own names for them
 
 
 class HarnessError(Exception):

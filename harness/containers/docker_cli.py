@@ -17,6 +17,7 @@ from harness.containers.engine import (CONTROL_TIMEOUT_S, EXEC_KILL_AFTER_S, LEF
                                        ContainerEngine, EngineRefused)
 from harness.containers.spec import ContainerSpec
 from harness.errors import CommandFailed, DockerError
+from harness.text import one_line
 from harness.hosts.local import Completed
 from harness.hosts.ssh import SSHHost
 
@@ -29,10 +30,6 @@ _ENGINE_DOWN = ("cannot connect to the docker daemon", "is the docker daemon run
                 "error during connect", "permission denied while trying to connect")
 REMOTE_ENGINE_HINT = ("start the Docker engine on the remote host (systemctl start docker) and "
                       "make sure REMOTE_USER may use it")
-
-
-def one_line(text: str, limit: int = 500) -> str:
-    return " ".join(text.split())[:limit]
 
 
 def daemon_error(output: str) -> str | None:
@@ -69,7 +66,8 @@ class DockerCLI(ContainerEngine):
                               f"{timeout:.0f}s ({shlex.join(argv)[:200]})", host=self.name,
                               log_tail=exc.log_tail, hint=REMOTE_ENGINE_HINT) from None
         if done.exit_code == 127:
-            raise DockerError(f"no docker CLI on {self.host.address} ({one_line(done.output)})",
+            raise DockerError(f"no docker CLI on {self.host.address} "
+                              f"({one_line(done.output, 500)})",
                               host=self.name, hint="install the Docker CLI on the remote host")
         complaint = daemon_error(done.output) if not done.ok else None
         if complaint and any(mark in complaint.lower() for mark in _ENGINE_DOWN):
@@ -82,7 +80,7 @@ class DockerCLI(ContainerEngine):
                  timeout: float = CONTROL_TIMEOUT_S) -> Completed:
         done = self._docker(args, timeout=timeout)
         if not done.ok and not (missing_ok and _missing(done)):
-            raise EngineRefused(one_line(done.output) or f"exit {done.exit_code}")
+            raise EngineRefused(one_line(done.output, 500) or f"exit {done.exit_code}")
         return done
 
     def ping(self) -> str:
@@ -133,7 +131,7 @@ class DockerCLI(ContainerEngine):
             return True
         if "no such image" in done.output.lower():
             return False
-        raise EngineRefused(one_line(done.output))
+        raise EngineRefused(one_line(done.output, 500))
 
     def pull(self, image: str) -> None:
         self._checked(["pull", "--quiet", image], timeout=PULL_TIMEOUT_S)

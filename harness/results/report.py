@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 from harness import redaction
 from harness.files import write_text_atomic
+from harness.text import first_line
 from harness.layout import CASE_SUMMARY_FILE, REPORT_FILE, RUN_SUMMARY_FILE, TIMELINE_FILE
 from harness.results.report_timeline import Axis, axis_svg, case_bands, clock, host_svg
 from harness.results.status import entry_passed
@@ -119,7 +120,7 @@ def _verdict(summary: dict, cases: list[dict]) -> str:
     head = (f"PASSED: all {len(cases)} cases passed" if ok else
             f"FAILED: {len(failed)} of {len(cases)} cases failed" if cases else
             "FAILED: no case results")
-    items = "".join(f"<li><b>{escape(c['case'])}</b>: {escape(_first_line(c.get('reason')))}"
+    items = "".join(f"<li><b>{escape(c['case'])}</b>: {escape(first_line(c.get('reason')))}"
                     "</li>" for c in failed)
     meta = [f"finished {summary['finished']}" if summary.get("finished") else "",
             f"took {summary['duration_s']:.1f}s" if _is_num(summary.get("duration_s")) else "",
@@ -228,7 +229,7 @@ def _settings(settings: object) -> str:
 def _model_outcome(outcome: object) -> str:
     """`Fail: [step ..., host ...] message` shown as `Fail: message` (the case's row already
     says where); the whole text is the hover text."""
-    text = _first_line(outcome)
+    text = first_line(outcome)
     verdict, sep, rest = text.partition(": ")
     shown = f"{verdict}{sep}{_without_where(rest)}"
     return shown if len(shown) <= 160 else shown[:159] + "\u2026"
@@ -237,10 +238,6 @@ def _model_outcome(outcome: object) -> str:
 def _without_where(text: str) -> str:
     """A reason without its leading `[step ..., host ..., server ...]`."""
     return re.sub(r"^\[(step|host|server) [^\]]*\]\s*", "", text)
-
-
-def _first_line(text: object) -> str:
-    return (str(text or "").strip().splitlines() or [""])[0]
 
 
 def _st(status: object) -> str:

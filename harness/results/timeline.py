@@ -32,6 +32,7 @@ from typing import Iterator
 
 from harness import redaction
 from harness.errors import HarnessError, Interrupted
+from harness.text import first_line as first_line_of
 
 OK, FAILED, CANCELLED, SKIPPED, LEFT_RUNNING = "ok", "failed", "cancelled", "skipped", \
     "left running"
@@ -45,8 +46,8 @@ def outcome_of(exc: BaseException) -> str:
 
 
 def first_line(exc: BaseException) -> str:
-    text = exc.message if isinstance(exc, HarnessError) else str(exc) or type(exc).__name__
-    return (text.strip().splitlines() or [""])[0][:300]
+    return first_line_of(exc.message if isinstance(exc, HarnessError)
+                         else str(exc) or type(exc).__name__)
 
 
 @dataclass(eq=False)

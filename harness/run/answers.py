@@ -12,6 +12,7 @@ from typing import Any
 import requests
 
 from harness.errors import CaseFailed
+from harness.text import one_line
 from harness.servers.server import http_session
 
 RESPONSE_LOG = "curl_response.log"
@@ -35,14 +36,14 @@ def post(url: str, payload: dict, timeout_s: float, save_to: Path, *,
 def require_json_ok(status: int, body: str, *, url: str, server: str) -> Any:
     """HTTP 200, a JSON body, and not an error object (`"object": "error"` or `"error": ...`)."""
     if status != 200:
-        raise CaseFailed(f"POST {url} answered HTTP {status}: {_short(body)}", server=server)
+        raise CaseFailed(f"POST {url} answered HTTP {status}: {one_line(body)}", server=server)
     try:
         data = json.loads(body)
     except ValueError:
-        raise CaseFailed(f"POST {url} answered 200 but not JSON: {_short(body)}",
+        raise CaseFailed(f"POST {url} answered 200 but not JSON: {one_line(body)}",
                          server=server) from None
     if isinstance(data, dict) and (data.get("object") == "error" or "error" in data):
-        raise CaseFailed(f"POST {url} answered an error object: {_short(body)}", server=server)
+        raise CaseFailed(f"POST {url} answered an error object: {one_line(body)}", server=server)
     return data
 
 
@@ -52,15 +53,10 @@ def chat_content(data: Any, *, server: str) -> str:
         content = data["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):
         raise CaseFailed("the answer has no choices[0].message.content: "
-                         f"{_short(json.dumps(data))}", server=server) from None
+                         f"{one_line(json.dumps(data))}", server=server) from None
     return content or ""
 
 
 def require_match(text: str, pattern: str, *, server: str) -> None:
     if not re.search(pattern, text, re.IGNORECASE):
-        raise CaseFailed(f"the answer does not match /{pattern}/i: {_short(text)}", server=server)
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
+        raise CaseFailed(f"the answer does not match /{pattern}/i: {one_line(text)}", server=server)
