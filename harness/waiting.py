@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 from harness.errors import HarnessError, Interrupted
+from harness.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class Progress:
             said = detail() if detail is not None else self.note
         except Exception as exc:  # noqa: BLE001 - a progress line must never fail the wait
             said = f"(no detail: {exc})"
-        said = " ".join(said.split())[-200:]
+        said = one_line(said, 200)
         return f"still waiting for {self.awaited}: {elapsed:.0f}s{limit}" + (
             f"; {said}" if said else "")
 

@@ -6,9 +6,11 @@ missing engine or image fails the run at once with one clear line, and any skip 
 """
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -75,23 +77,27 @@ def mooncake_wheel() -> Path:
 
 # Integration tests that use the fixed addresses and ports of a real run (the demo's 127.0.0.1
 # and 127.0.0.2 with the router on :8000, a docker cluster over the test sshd, the `demo`
-# command) run one after the other on one pytest-xdist worker (`--dist loadgroup`). The other
-# modules run side by side: on free ports, or on their worker's own loopback pair
+# command) are marked `fixed_ports`: each holds a machine-wide lock while it runs, so only one
+# runs at a time, whichever pytest-xdist worker (or other test session here) it is on. The
+# others run side by side: on free ports, or on their worker's own loopback pair
 # (tests/simproc.py `worker_addresses`, `demo_env(relocated=True)`).
-FIXED_PORT_MODULES = frozenset({
-    "test_bad_input", "test_cluster_docker", "test_console", "test_epd_image", "test_keep",
-    "test_remote_failures", "test_report_browser", "test_secrets", "test_sim_engine",
-    "test_sweep", "test_tasks", "test_vllm_proxy_parity",
-})
+FIXED_PORTS_LOCK = Path(tempfile.gettempdir()) / "mooncake-harness-fixed-ports.lock"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("fixed_ports") is None:
+        yield
+        return
+    with open(FIXED_PORTS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)   # released when the file closes
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(item.get_closest_marker(m) for m in REAL_MARKERS):
             item.add_marker(pytest.mark.integration)
-        if item.module.__name__.rpartition(".")[2] in FIXED_PORT_MODULES:
-            item.add_marker(pytest.mark.xdist_group("fixed_ports"))
 
 
 PROJECT_PARTS = ("harness", "cases", "payloads", "sim", "scripts", "pyproject.toml",

@@ -47,11 +47,12 @@ def clean_env(*drop: str) -> dict[str, str]:
 
 
 def worker_addresses() -> tuple[str, str]:
-    """LOCAL_IP and REMOTE_IP of this test worker's own simulated cluster: 127.0.<10+N>.1 and
+    """LOCAL_IP and REMOTE_IP of this test worker's own simulated cluster: 127.0.<B+N>.1 and
     .2 for pytest-xdist worker gwN, so clusters of several workers run side by side on
-    loopback (the fixed ports are per address)."""
+    loopback (the fixed ports are per address). B is HARNESS_TEST_NET (default 10): a second
+    test session on the same machine takes another."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    net = 10 + int(worker) if worker.isdigit() else 10
+    net = int(os.environ.get("HARNESS_TEST_NET", "10")) + (int(worker) if worker.isdigit() else 0)
     return f"127.0.{net}.1", f"127.0.{net}.2"
 
 

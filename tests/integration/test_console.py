@@ -8,7 +8,8 @@ import pytest
 
 from tests.simproc import demo_env
 
-pytestmark = pytest.mark.integration
+# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
 TIMESTAMPED = re.compile(r"^\d\d:\d\d:\d\d (.*)$")
 
 

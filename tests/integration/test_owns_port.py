@@ -41,7 +41,8 @@ def test_a_foreign_listener_does_not_make_a_router_ready(tmp_path):
     server = router(tmp_path, port, READY_LINES + "exec sleep 60")  # says ready, never binds
     try:
         server.start()
-        with pytest.raises(NotReady, match=f"its own process listening on port {port}"):
+        with pytest.raises(NotReady, match=f"its own process listening on its port "
+                                           f"\\(port {port} is not held by router\\)"):
             server.wait_ready()
     finally:
         server.stop(5)

@@ -14,7 +14,8 @@ import pytest
 from harness.cli import DEMO_SETTINGS
 from tests.sshd import free_port
 
-pytestmark = pytest.mark.ssh
+# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
+pytestmark = [pytest.mark.ssh, pytest.mark.fixed_ports]
 CASE = "test_1p1d_erdma"
 
 

@@ -20,7 +20,8 @@ import requests
 
 from tests.simproc import ROOT, SIM_SITE, LoggedProcess, clean_env, free_port, killed_afterwards
 
-pytestmark = pytest.mark.integration
+# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
 
 READY = "The server is fired up and ready to roll!"
 STARTUP_COMPLETE = "Application startup complete."

@@ -21,7 +21,8 @@ from harness.hosts import procs
 from harness.hosts.nodes import HostNode
 from tests.simproc import demo_env, wait_for
 
-pytestmark = pytest.mark.integration
+# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
+pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
 HICACHE = "test_hicache_storage_mooncake_backend"
 PD = "test_1p1d_erdma"
 
@@ -141,7 +142,7 @@ def test_sigkilled_run_leftovers_are_stopped_by_the_next_run_and_by_clean(
 
         left = start_pd_and_kill_the_harness(project, env)
         cleaned = subprocess.run(
-            [sys.executable, "-c", "from harness.run.runner import clean; "
+            [sys.executable, "-c", "from harness.prep.manual import clean; "
              "from harness.settings import Settings; clean(Settings.from_env(), wheels=False)"],
             cwd=project, env={**env, "HARNESS_RUNTIME": "host", "HARNESS_REMOTE": "local"},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)

@@ -8,6 +8,9 @@ import pytest
 
 from tests.integration.test_single_docker import containers_named, harness_env
 
+# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
+pytestmark = pytest.mark.fixed_ports
+
 
 def invoke(project, env, *args):
     return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=project, env=env,
@@ -90,7 +93,7 @@ def test_prepare_remote_pushes_the_tree_and_starts_the_remote_container(
     try:
         done = invoke(project, env, "prepare-remote")
         assert done.returncode == 0, done.stdout
-        assert (remote_dir / "harness" / "runner.py").exists()
+        assert (remote_dir / "harness" / "run" / "runner.py").exists()
         assert not (remote_dir / ".git").exists() and not (remote_dir / "run" / "logs").exists()
         shrc = (remote_dir / "run" / ".shrc").read_text()
         assert f"export TEST_RESULT_DIR={remote_dir}/run/logs" in shrc
