@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import time
 import shlex
 import signal
 from dataclasses import dataclass
@@ -25,10 +24,12 @@ from harness.hosts.argv import with_env
 from harness.errors import CommandFailed, HarnessError
 from harness.hosts.local import Completed, LocalHost
 from harness.layout import Layout
+from harness.waiting import wait_until
 
 log = logging.getLogger(__name__)
 
 SPAWN_PID_WAIT_S = 10.0
+SPAWN_PID_POLL_S = 0.02
 TIMEOUT_ORPHAN_STOP_S = 5.0
 
 # A group is alive while one of its members is not a zombie: on hosts whose init reaps slowly
@@ -199,22 +200,24 @@ class Node:
                      quiet: bool = False) -> tuple[int, str] | None:
         """(PID, start time) the spawn wrapper recorded, polled for up to wait_s; None if none.
         `quiet`: a host that cannot be read also means None (we are already failing)."""
-        deadline = time.monotonic() + wait_s
-        while True:
+        found: list[tuple[int, str]] = []
+
+        def recorded() -> tuple[bool, str]:
             try:
                 text = self.host.read_text(self.on_host(pid_file)).strip()
             except FileNotFoundError:
                 text = ""
-            except HarnessError:
-                if not quiet:
-                    raise
-                return None
-            recorded = read_pid_file(text)
-            if recorded:
-                return recorded
-            if time.monotonic() >= deadline:
-                return None
-            time.sleep(0.02)
+            value = read_pid_file(text)
+            found[:] = [value] if value else []
+            return bool(found), "no PID recorded yet"
+
+        try:
+            wait_until(recorded, timeout_s=wait_s, poll_s=SPAWN_PID_POLL_S,
+                       awaited=f"the PID file {pid_file.name} on {self.name}")
+        except HarnessError:
+            if not quiet:
+                raise
+        return found[0] if found else None
 
     def alive(self, pgid: int) -> bool:
         done = self.exec(["bash", "-c", _ALIVE_SCRIPT, "alive", str(int(pgid))],

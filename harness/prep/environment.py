@@ -28,10 +28,14 @@ from harness.settings import RemoteVia, Runtime, Settings
 from harness.shrc import shrc_text
 from harness.results.steps import Steps
 from harness.results.timeline import Timeline
-from harness.waiting import Cancel, fan_out
+from harness.waiting import Cancel, fan_out, wait_until
+from harness.prep.download import DOWNLOAD_DEADLINE_S
 from harness.prep.wheel import fetch_wheel, find_wheel
 
 log = logging.getLogger(__name__)
+# The remote host's pip step waits for the local wheel: as long as its download may take, and
+# a little more (the local step fails by itself once its own deadline passes).
+WHEEL_WAIT_S = DOWNLOAD_DEADLINE_S + 60.0
 
 
 @dataclass
@@ -169,8 +173,12 @@ def _prepare_remote(env: Environment, node: Node, stack: ExitStack, group: str,
     step("sync-project", lambda: node.host.sync_project(env.layout.root, remote.root,
                                                         {"run/.shrc": shrc}))
     _container_steps(env, node, stack, group, step)
-    while not wheel.ready.wait(0.1):
-        step.cancel.check("waiting for the local wheel")
+    arrived, _, waited = wait_until(
+        lambda: (wheel.ready.is_set(), "the local get-wheel step is still running"),
+        timeout_s=WHEEL_WAIT_S, poll_s=0.1, cancel=step.cancel, awaited="the local wheel")
+    if not arrived:
+        raise HarnessError(f"the local wheel did not arrive within {waited:.0f}s",
+                           step="pip-install", host=node.name)
     if wheel.failed:
         raise HarnessError("the local wheel step failed; nothing to install here",
                            step="pip-install", host=node.name)
