@@ -39,7 +39,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
                            "Server._check*",
                            "Server.follow_log", "sglang_ready", "app_startup_ready",
                            "router_ready", "start_all", "wait_all"),
-    "harness/waiting.py": ("wait_until",),
+    "harness/waiting.py": ("wait_until", "fan_out"),
     # the token: where it comes from, and that it is masked wherever it could be written
     "harness/prep/wheel.py": ("redact", "redact_url", "resolve_token", "gh_hostname",
                               "gh_cli_token"),
@@ -50,6 +50,19 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "harness/prep/reset.py": ("recorded_groups", "parse_facts", "is_run_process", "run_processes",
                          "kill_scope", "_kill_owned"),
     "harness/prep/gpu.py": ("cgroup_processes", "kill_processes", "_read"),
+    # the verdict's words and the one "passed" rule; the run summary and JUnit made from it
+    "harness/results/status.py": ("*",),
+    "harness/results/summary.py": ("*",),
+    "harness/results/junit.py": ("*",),
+    # the answer checks of the cases, and which vLLM proxy a version runs
+    "harness/run/answers.py": ("require_*", "chat_content"),
+    "harness/vllm_version.py": ("*",),
+    # the route to the remote host, and the command words every host builds
+    "harness/hosts/ssh_config.py": ("resolve", "_jumps", "_port", "_identity_files"),
+    "harness/hosts/argv.py": ("*",),
+    # which cases a group runs, in what order; a case's declaration
+    "harness/groups.py": ("*",),
+    "harness/run/cases.py": ("Case.*", "group_cases", "resolve"),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
