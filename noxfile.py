@@ -95,8 +95,8 @@ def tests(session: nox.Session) -> None:
     # `nox -s tests -- tests/unit` runs those; a bare `nox -s tests` (or only options) all.
     paths = [] if any(not arg.startswith("-") for arg in session.posargs) else ["tests"]
     # Three workers on CI's two cores (the tests mostly wait on servers); the tests that use a
-    # real run's fixed addresses and ports share one worker (tests/conftest.py).
-    parallel = ["-n", "3", "--dist", "loadgroup"]
+    # real run's fixed addresses and ports share one worker (tests/conftest.py's scheduler).
+    parallel = ["-n", "3"]
     session.run("pytest", *paths, "-ra", *parallel, *session.posargs, **HARNESS_STOP)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import importlib.util
 import os
 import sys
 import tempfile
@@ -77,16 +78,44 @@ def mooncake_wheel() -> Path:
 
 # Integration tests that use the fixed addresses and ports of a real run (the demo's 127.0.0.1
 # and 127.0.0.2 with the router on :8000, a docker cluster over the test sshd, the `demo`
-# command) are marked `fixed_ports`: each holds a machine-wide lock while it runs, so only one
-# runs at a time, whichever pytest-xdist worker (or other test session here) it is on. The
-# others run side by side: on free ports, or on their worker's own loopback pair
-# (tests/simproc.py `worker_addresses`, `demo_env(relocated=True)`).
+# command) run one after the other on one pytest-xdist worker, and hold a machine-wide lock
+# while they run (another test session here waits for it). The others run side by side: on
+# free ports, or on their worker's own loopback pair (tests/simproc.py `worker_addresses`,
+# `demo_env(relocated=True)`).
+FIXED_PORT_MODULES = frozenset({
+    "test_bad_input", "test_cluster_docker", "test_console", "test_epd_image", "test_keep",
+    "test_remote_failures", "test_report_browser", "test_secrets", "test_sim_engine",
+    "test_sweep", "test_tasks", "test_vllm_proxy_parity",
+})
+FIXED_PORT_TESTS = frozenset({  # `harness demo` in a container on the host network
+    "test_demo.py::test_demo_on_a_machine_without_the_rdma_libraries",
+})
+FIXED_PORTS = "fixed_ports"
 FIXED_PORTS_LOCK = Path(tempfile.gettempdir()) / "mooncake-harness-fixed-ports.lock"
+
+
+def uses_fixed_ports(nodeid: str) -> bool:
+    path, _, test = nodeid.partition("::")
+    name = Path(path).name
+    return Path(path).stem in FIXED_PORT_MODULES or f"{name}::{test}" in FIXED_PORT_TESTS
+
+
+if importlib.util.find_spec("xdist") is not None:  # a hook of xdist's: only where it is
+    def pytest_xdist_make_scheduler(config, log):
+        """Each test its own unit of work, but the fixed-port tests one unit, on one worker
+        (what xdist's `loadgroup` would do; its group marks are lost under pytest 9)."""
+        from xdist.scheduler import LoadScopeScheduling
+
+        class FixedPortsTogether(LoadScopeScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                return FIXED_PORTS if uses_fixed_ports(nodeid) else nodeid
+
+        return FixedPortsTogether(config, log)
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    if item.get_closest_marker("fixed_ports") is None:
+    if not uses_fixed_ports(item.nodeid):
         yield
         return
     with open(FIXED_PORTS_LOCK, "a") as lock:

@@ -13,8 +13,6 @@ import pytest
 
 from tests.fakes.github_api import FakeGitHubAPI, zip_bytes
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = pytest.mark.fixed_ports
 CASE = "test_moe_mooncake"
 BASE = {"HARNESS_SIM": "false", "HARNESS_RUNTIME": "host", "CONTAINER_NAME": "mh-unused",
         "ARTIFACT_ID": "", "GIT_REPO": "", "MOONCAKE_WHEEL": "", "GITHUB_TOKEN": "",

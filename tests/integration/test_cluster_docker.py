@@ -11,8 +11,7 @@ import pytest
 from tests.integration.test_single_docker import (assert_stopped_not_removed, containers_named,
                                                   harness_env)
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.docker, pytest.mark.ssh, pytest.mark.fixed_ports]
+pytestmark = [pytest.mark.docker, pytest.mark.ssh]
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import pytest
 
 from tests.simproc import demo_env
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 TIMESTAMPED = re.compile(r"^\d\d:\d\d:\d\d (.*)$")
 
 

@@ -71,7 +71,6 @@ def test_decode_crash_fails_only_the_double_cases(project, tmp_path):
 
 
 @pytest.mark.docker
-@pytest.mark.fixed_ports  # `harness demo` on the host network: 127.0.0.1, :8000
 def test_demo_on_a_machine_without_the_rdma_libraries(project, test_image, docker_client):
     """A fresh Linux box has no libibverbs, so the real mooncake_master cannot start there:
     the demo still passes, the simulator's stand-in taking the master's place (and saying so).

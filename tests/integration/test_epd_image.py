@@ -20,8 +20,7 @@ from harness.cli import DEMO_SETTINGS
 from harness.errors import SettingsError
 from harness.settings import Settings
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CASE = "test_epd_sglang"
 MODEL_DIR = "Qwen__Qwen2.5-VL-7B-Instruct"

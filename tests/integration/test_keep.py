@@ -22,8 +22,7 @@ from tests.integration.test_cluster_docker import cluster_env  # noqa: F401, F81
 from tests.integration.test_single_docker import containers_named
 from tests.simproc import LoggedProcess, demo_env, killed_afterwards, run_processes, wait_for
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 SGLANG_CASES = ["test_hicache_storage_mooncake_backend", "test_disaggregation_different_tp",
                 "test_1p1d_erdma", "test_epd_sglang", "test_moe_mooncake"]
 SERVER_LINE = re.compile(r"^\s+(prefill|decode|encoder|router|proxy)\s+(http://\S+)\s+(up|EXITED)"

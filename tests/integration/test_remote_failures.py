@@ -14,8 +14,7 @@ import pytest
 from harness.cli import DEMO_SETTINGS
 from tests.sshd import free_port
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.ssh, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.ssh
 CASE = "test_1p1d_erdma"
 
 

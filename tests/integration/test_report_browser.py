@@ -16,8 +16,7 @@ import pytest
 from tests.conftest import missing
 from tests.simproc import demo_env
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 CASES = {"test_hicache_storage_mooncake_backend": "Pass",
          "test_disaggregation_different_tp": "Pass",
          "test_1p1d_erdma": "Fail", "test_epd_sglang": "Fail", "test_moe_mooncake": "Pass"}

@@ -24,8 +24,7 @@ import pytest
 from harness.cli import DEMO_SETTINGS
 from tests.fakes.github_api import FakeGitHubAPI, wheel_bytes, zip_bytes
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 CASE = "test_1p1d_erdma"
 TOKEN = "ghp_RecognisableSecret4e8f0c2a9b7d"
 URL_PASSWORD = "UrlPassw0rd7731"

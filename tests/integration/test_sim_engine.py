@@ -20,8 +20,7 @@ import requests
 
 from tests.simproc import ROOT, SIM_SITE, LoggedProcess, clean_env, free_port, killed_afterwards
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 
 READY = "The server is fired up and ready to roll!"
 STARTUP_COMPLETE = "Application startup complete."

@@ -21,8 +21,7 @@ from harness.hosts import procs
 from harness.hosts.nodes import HostNode
 from tests.simproc import demo_env, wait_for
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 HICACHE = "test_hicache_storage_mooncake_backend"
 PD = "test_1p1d_erdma"
 

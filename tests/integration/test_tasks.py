@@ -8,8 +8,6 @@ import pytest
 
 from tests.integration.test_single_docker import containers_named, harness_env
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = pytest.mark.fixed_ports
 
 
 def invoke(project, env, *args):

@@ -17,8 +17,7 @@ import pytest
 
 from harness.cli import DEMO_SETTINGS
 
-# A real run's fixed addresses and ports: one test at a time on this machine (conftest.py)
-pytestmark = [pytest.mark.integration, pytest.mark.fixed_ports]
+pytestmark = pytest.mark.integration
 CASE = "test_vllm_1p1d_erdma"
 MODEL_DIR = "deepseek-ai__DeepSeek-V2-Lite"
 CONNECTOR_READY = "All prefiller instances are ready."
