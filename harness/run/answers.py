@@ -20,17 +20,28 @@ RESPONSE_LOG = "curl_response.log"
 
 def post(url: str, payload: dict, timeout_s: float, save_to: Path, *,
          server: str) -> tuple[int, str]:
-    """POST JSON; the body goes to `save_to`. A request that gets no answer is a CaseFailed."""
+    """POST JSON; the body goes to `save_to`. A request that gets no answer, or whose body is
+    cut off after its status line (vLLM's proxy answers 200, then breaks off when its decode
+    fails), is a CaseFailed."""
     save_to.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with http_session() as session:  # no idle connection left for a server's shutdown
-            answer = session.post(url, json=payload, timeout=timeout_s)
-    except requests.RequestException as exc:
-        save_to.write_text(f"no answer: {type(exc).__name__}: {exc}\n")
-        raise CaseFailed(f"POST {url} got no answer within {timeout_s:.0f}s "
-                         f"({type(exc).__name__})", server=server) from None
-    save_to.write_text(answer.text)
-    return answer.status_code, answer.text
+    with http_session() as session:  # no idle connection left for a server's shutdown
+        try:
+            answer = session.post(url, json=payload, timeout=timeout_s, stream=True)
+        except requests.RequestException as exc:
+            save_to.write_text(f"no answer: {type(exc).__name__}: {exc}\n")
+            raise CaseFailed(f"POST {url} got no answer within {timeout_s:.0f}s "
+                             f"({type(exc).__name__})", server=server) from None
+        with answer:
+            try:
+                body = answer.content.decode(answer.encoding or "utf-8", "replace")
+            except requests.RequestException as exc:
+                save_to.write_text(f"HTTP {answer.status_code}, then the body was cut off: "
+                                   f"{type(exc).__name__}: {exc}\n")
+                raise CaseFailed(f"POST {url} answered HTTP {answer.status_code}, then its body "
+                                 f"was cut off ({type(exc).__name__}): the server failed after "
+                                 "it started answering", server=server) from None
+    save_to.write_text(body)
+    return answer.status_code, body
 
 
 def require_json_ok(status: int, body: str, *, url: str, server: str) -> Any:

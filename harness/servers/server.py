@@ -135,7 +135,9 @@ class OwnsPort:
 class PostNot503:
     """Ready when POST url answers anything but 503: for a route that refuses with 503 until
     the server can serve it (vLLM's connector proxies before their prefillers are known). The
-    body is a bare `{}`, so a ready server rejects it quickly instead of running a request."""
+    body is a bare `{}`, so a ready server rejects it quickly instead of running a request.
+    Only the status line counts: once ready, vLLM's proxy answers 200 and then cuts the body
+    off (its decode rejected `{}`), so the body is never read."""
     path: str
     timeout_s: float
 
@@ -144,9 +146,10 @@ class PostNot503:
 
     def check(self, server: "Server", session: requests.Session) -> tuple[bool, str]:
         try:
-            answer = session.post(server.url(self.path), json={}, timeout=5)
+            answer = session.post(server.url(self.path), json={}, timeout=5, stream=True)
         except requests.RequestException as exc:
             return False, type(exc).__name__
+        answer.close()
         return answer.status_code != 503, f"HTTP {answer.status_code}"
 
 

@@ -61,3 +61,48 @@ def test_nobody_listening_is_not_ready(proxy):
         rule = PostNot503("/v1/chat/completions", 5)
         met, why = rule.check(proxy_at(port), session)
     assert not met and why == "ConnectionError"
+
+
+class _CutOff(http.server.BaseHTTPRequestHandler):
+    """What vLLM's connector proxy does once ready with a request its decode rejects: 200 and
+    the start of a chunked body, then the connection closes (its StreamingResponse raised)."""
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802 (http.server's name)
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"5\r\n{\"id\"\r\n")
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def cut_off():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOff)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_ready_proxy_that_cuts_its_body_off_is_ready_by_its_status_line(cut_off):
+    with http_session() as session:
+        met, why = PostNot503("/v1/chat/completions", 5).check(proxy_at(cut_off.server_port),
+                                                              session)
+    assert (met, why) == (True, "HTTP 200")
+
+
+def test_a_request_whose_body_is_cut_off_fails_naming_it(cut_off, tmp_path):
+    from harness.errors import CaseFailed
+    from harness.run.answers import post
+    url = f"http://127.0.0.1:{cut_off.server_port}/v1/chat/completions"
+    with pytest.raises(CaseFailed) as info:
+        post(url, {"model": "m"}, 5, tmp_path / "curl_response.log", server="proxy")
+    assert "answered HTTP 200, then its body was cut off" in str(info.value)
+    assert "cut off" in (tmp_path / "curl_response.log").read_text()

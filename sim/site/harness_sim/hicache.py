@@ -71,6 +71,14 @@ class PageStore:
         return data[:1] + bytes([data[1] ^ 0xFF]) + data[2:]
 
 
+_joined: list[Any] = []  # the stores this process joined
+
+
+def store_joined() -> bool:
+    """Whether this process holds a Mooncake store client (see sglang_main.main)."""
+    return bool(_joined)
+
+
 def start(environ: Mapping[str, str], host: str) -> tuple[PageStore | None, str]:
     """Join the store the payload started; (PageStore, "") or (None, why not)."""
     mode = mooncake.mode_of(environ)
@@ -95,6 +103,7 @@ def start(environ: Mapping[str, str], host: str) -> tuple[PageStore | None, str]
         return None, (f"Mooncake store setup against master {master} and metadata {metadata} "
                       f"returned {status} (is that the real mooncake_master?)")
     mooncake.quicken_accept_polls()  # the listener of the store's TransferEngine
+    _joined.append(store)
     say(f"{TAG} Mooncake store joined: master {master}, metadata {metadata}, protocol "
         f"{protocol}, segment {segment >> 20} MiB (HiCache pages go through it)")
     return PageStore(store, master, faults.active_faults("mooncake", environ=environ)), ""

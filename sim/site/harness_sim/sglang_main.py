@@ -170,6 +170,15 @@ def _run_bound(engine: Engine, stopper: Stopper, encoder_wait_s: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return run(sys.argv[1:] if argv is None else argv, os.environ)
+        code = run(sys.argv[1:] if argv is None else argv, os.environ)
     finally:
         gpu.release()
+    if hicache.store_joined():
+        # SGLang's launch_server ends by SIGKILLing its process tree (kill_process_tree in a
+        # `finally`): the scheduler processes that hold its Mooncake store client are never
+        # torn down. That teardown joins two once-a-second threads of the store, one after
+        # the other (1-2 s at every stop), so the simulator leaves it out as SGLang does.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

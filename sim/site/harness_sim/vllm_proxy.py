@@ -14,8 +14,9 @@ Not vLLM's code: an imitation of what the harness sees of it.
   `stream=false`, `max_tokens=1`; then the decode with `{"do_remote_decode": false,
   "do_remote_prefill": true, "remote_bootstrap_addr": "http://<prefill host>:<bootstrap port>",
   "remote_engine_id": E, "transfer_id": T}`; the decode's answer (streamed when asked) is the
-  answer. (vLLM's proxy sends both at once; the simulator waits for the prefill so a failure
-  is reported as such: HTTP 502 naming the upstream.)
+  answer, as vLLM's `StreamingResponse`: 200 and a chunked body, sent before the decode
+  answers, so a decode that fails leaves a body cut off (no final chunk). A prefill that fails
+  is only logged, as vLLM's unawaited prefill task is (the simulator sends the two in turn).
 * `HARNESS_SIM_PROXY_SILENT=1`: the ready line is never printed (ready all the same), as
   vLLM's older copy logs it through a logger with no handler; only the 503s tell.
 * Faults for component `proxy` (HARNESS_SIM_COMPONENT=proxy): crash, hang, die-after-ready,
@@ -279,26 +280,37 @@ class ProxyHandler(EngineHandler):
         request_id = str(uuid.uuid4())
         transfer_id = f"xfer-{request_id}"
         prefiller, dp_rank, decode_url = state.next_pair()
-        with _open(prefiller.url + path, prefill_body(body, transfer_id),
-                   _headers(request_id, dp_rank)) as answer:
-            answer.read()
-        with _open(decode_url + path, decode_body(body, prefiller, dp_rank, transfer_id),
-                   _headers(request_id)) as answer:
-            say(f"{TAG} {request_id}: prefill {prefiller.url} -> decode {decode_url}: "
-                f"HTTP {answer.status}")
-            content_type = answer.headers.get("Content-Type", "application/json")
-            if not body.get("stream"):
-                data = answer.read()
-                self._send_bytes(200, make_wrong(data) if "wrong-answer" in state.faults
-                                 else data, content_type)
-                return
+        try:  # vLLM's proxy does not await its prefill task: a failure there is only logged
+            with _open(prefiller.url + path, prefill_body(body, transfer_id),
+                       _headers(request_id, dp_rank)) as answer:
+                answer.read()
+        except api.ApiError as exc:
+            say(f"Task exception was never retrieved: {exc}")
+        # Like vLLM's StreamingResponse: 200 goes out before the decode answers, and the
+        # decode's bytes follow as a chunked body, whatever `stream` asked for.
+        self._start_chunked()
+        try:
+            with _open(decode_url + path, decode_body(body, prefiller, dp_rank, transfer_id),
+                       _headers(request_id)) as answer:
+                say(f"{TAG} {request_id}: prefill {prefiller.url} -> decode {decode_url}: "
+                    f"HTTP {answer.status}")
+                data = answer.read()  # the simulated engines send a stream in one go
+        except api.ApiError as exc:  # the body breaks off: no final chunk, the socket closes
+            say(f"ERROR:    Exception in ASGI application ({exc})")
             self.close_connection = True
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Connection", "close")
-            self.end_headers()
-            data = answer.read()  # the simulated engines send a stream in one go
-            self.wfile.write(make_wrong(data) if "wrong-answer" in state.faults else data)
+            return
+        self._chunk(make_wrong(data) if "wrong-answer" in state.faults else data)
+        self._chunk(b"")
+
+    def _start_chunked(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
 class ProxyServer(QuietHTTPServer):
