@@ -67,6 +67,17 @@ def test_image(docker_client) -> str:
 
 
 @pytest.fixture(scope="session")
+def junit_schema():
+    """The published JUnit schema strict consumers validate with (junit-10.xsd, fetched by
+    tests/provision.sh), loaded with xmlschema."""
+    path = Path(os.environ.get("HARNESS_CACHE", "/var/cache/mooncake-harness")) / "junit-10.xsd"
+    if not path.is_file():
+        missing(f"no JUnit schema at {path}")
+    import xmlschema
+    return xmlschema.XMLSchema(str(path))
+
+
+@pytest.fixture(scope="session")
 def mooncake_wheel() -> Path:
     """The real Mooncake wheel downloaded by tests/provision.sh (its CPU build: the CUDA one
     cannot import mooncake.engine without a driver)."""

@@ -10,9 +10,11 @@
 #   3. creates /run/sshd and host keys (the tests start their own sshd),
 #   4. downloads the wheels of tests/image/requirements.txt and their dependencies
 #      (CPython 3.11, manylinux x86_64) into ${HARNESS_CACHE}/wheels,
-#   5. builds the test image offline (debootstrap of Debian bookworm + a venv at /opt/venv,
+#   5. fetches the published JUnit schema the tests validate junit.xml against (junit-10.xsd, the
+#      Jenkins xUnit plugin's, as shipped in pytest's source distribution on PyPI),
+#   6. builds the test image offline (debootstrap of Debian bookworm + a venv at /opt/venv,
 #      `docker import`), never from Docker Hub, when it is missing or its inputs changed,
-#   6. writes ${HARNESS_CACHE}/provision.env (MOONCAKE_WHEEL, HARNESS_TEST_IMAGE, ...) and
+#   7. writes ${HARNESS_CACHE}/provision.env (MOONCAKE_WHEEL, HARNESS_TEST_IMAGE, ...) and
 #      prints a summary.
 #
 # Settings (environment):
@@ -33,6 +35,9 @@ readonly DOCKERD_WAIT_S="${HARNESS_DOCKERD_WAIT_S:-60}"
 readonly IMAGE_LABEL=org.mooncake.harness.image-inputs
 # Bump when the way the image is built changes, so existing images get rebuilt.
 readonly IMAGE_RECIPE=1
+readonly JUNIT_SCHEMA="$HARNESS_CACHE/junit-10.xsd"
+# The pytest release whose sdist carries testing/example_scripts/junit-10.xsd.
+readonly JUNIT_SCHEMA_FROM=pytest==9.0.2
 readonly IMAGE_PATH_ENV=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -189,7 +194,26 @@ download_wheels() {
     fi
 }
 
-# --- 5. Test image ------------------------------------------------------------------------
+# --- 5. JUnit schema ----------------------------------------------------------------------
+
+fetch_junit_schema() {
+    if [[ -s "$JUNIT_SCHEMA" ]]; then
+        say "junit schema: cached in $JUNIT_SCHEMA"
+        return
+    fi
+    local tmp
+    tmp="$(mktemp -d)"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps \
+        --no-binary :all: --dest "$tmp" "$JUNIT_SCHEMA_FROM" >/dev/null 2>&1 \
+        || { rm -rf "$tmp"; die "pip download of the $JUNIT_SCHEMA_FROM sdist failed"; }
+    tar -xzf "$tmp"/pytest-*.tar.gz -C "$tmp" --wildcards '*/testing/example_scripts/junit-10.xsd' \
+        || { rm -rf "$tmp"; die "no junit-10.xsd in the $JUNIT_SCHEMA_FROM sdist"; }
+    install -m 0644 "$tmp"/pytest-*/testing/example_scripts/junit-10.xsd "$JUNIT_SCHEMA"
+    rm -rf "$tmp"
+    say "junit schema: $JUNIT_SCHEMA (from the $JUNIT_SCHEMA_FROM sdist)"
+}
+
+# --- 6. Test image ------------------------------------------------------------------------
 
 image_key() {
     { sha256_of "$REQUIREMENTS" "$IMAGE_PACKAGES" "$IMAGE_PIP_CONF"
@@ -343,7 +367,7 @@ ensure_image() {
     say "image: ok ($facts)"
 }
 
-# --- 6. Summary ---------------------------------------------------------------------------
+# --- 7. Summary ---------------------------------------------------------------------------
 
 write_env_file() {
     local tmp="$ENV_FILE.tmp"
@@ -353,6 +377,7 @@ write_env_file() {
         printf 'HARNESS_WHEEL_CACHE=%q\n' "$WHEEL_DIR"
         printf 'HARNESS_TEST_IMAGE=%q\n' "$IMAGE"
         printf 'MOONCAKE_WHEEL=%q\n' "$MOONCAKE_WHEEL"
+        printf 'HARNESS_JUNIT_SCHEMA=%q\n' "$JUNIT_SCHEMA"
     } >"$tmp"
     mv "$tmp" "$ENV_FILE"
 }
@@ -367,6 +392,7 @@ main() {
     start_dockerd
     prepare_sshd
     download_wheels
+    fetch_junit_schema
     ensure_image
     write_env_file
 

@@ -3,7 +3,7 @@ a rerun updates."""
 import json
 from pathlib import Path
 
-from junitparser import Failure, JUnitXml, Properties, Property
+from junitparser import Failure, JUnitXml, Properties
 
 from harness.results import outcome as results
 from harness.results.junit import write_junit
@@ -26,7 +26,7 @@ def suites(logs: Path) -> dict:
 def test_a_testsuite_per_group_and_a_testcase_per_case_with_its_time(tmp_path):
     logs = summary_with(tmp_path, [
         CaseResult("hicache", Outcome.PASSED, duration_s=12.5, group="SGLANG"),
-        CaseResult("pd", reason="decode exited with status 1", step="start servers",
+        CaseResult("pd", Outcome.FAILED, "decode exited with status 1", step="start servers",
                    host="remote", server="decode", duration_s=3.25, group="SGLANG",
                    models={"Org/A": "Pass", "Org/B": "Fail: decode exited"},
                    log_tail="line one\nFAULT PLAYED decode:crash\x1b[0m\x00"),
@@ -48,8 +48,10 @@ def test_a_testsuite_per_group_and_a_testcase_per_case_with_its_time(tmp_path):
         assert where in failure.text
     assert "FAULT PLAYED decode:crash" in pd.system_out  # the log tail, less what XML can't hold
     assert "Org/A: Pass" in pd.system_out
-    props = {p.name: p.value for p in pd.child(Properties).iterchildren(Property)}
-    assert props["model Org/B"] == "Fail: decode exited" and props["host"] == "remote"
+    # the schema allows a testcase no properties: its facts are lines of its system-out
+    assert pd.child(Properties) is None
+    for fact in ("host: remote", "step: start servers", "outcome: failed", "started: 20"):
+        assert fact in pd.system_out, pd.system_out
     assert cases["vllm_pd"].result[0].message == "run did not finish"
 
 
@@ -82,3 +84,14 @@ def test_write_junit_needs_only_the_summary(tmp_path):
     (suite,) = JUnitXml.fromfile(str(path))
     (case,) = suite
     assert (suite.name, case.name, case.time, case.result[0].message) == ("VLLM", "x", 2.0, "r")
+
+
+def test_the_file_validates_against_the_published_junit_schema(tmp_path, junit_schema):
+    logs = summary_with(tmp_path, [
+        CaseResult("hicache", Outcome.PASSED, duration_s=12.5, group="SGLANG"),
+        CaseResult("pd", Outcome.FAILED, "decode exited", step="start servers", host="remote",
+                   server="decode", group="SGLANG", models={"Org/A": "Fail: x"},
+                   log_tail="tail \x00\x1b[0m"),
+        CaseResult("vllm_pd", reason="run did not finish", group="VLLM")])
+    errors = [f"{e.path}: {e.reason}" for e in junit_schema.iter_errors(str(logs / "junit.xml"))]
+    assert errors == []
