@@ -14,10 +14,10 @@ def run(ctx: CaseContext) -> None:
         offline = offline_env(node, MODEL)
     env = {**ctx.sim_env(node), **offline, "SGLANG_WORKSPACE": workspace}
     with ctx.step("run payload"):
-        run_payload(ctx, ["python3", "-m", "pytest", "-v", "-s", "-p", "no:cacheprovider",
-                         "test_moe_mooncake.py"],
-                        env=env, cwd=node.layout.payloads / "moe",
-                        pythonpath=ctx.pythonpath(node, f"{workspace}/sglang"))
+        run_payload(ctx, ["python3", "-m", "pytest", "-v", "-s", "--tb=long", "-p",
+                          "no:cacheprovider", "test_moe_mooncake.py"],
+                    env=env, cwd=node.layout.payloads / "moe",
+                    pythonpath=ctx.pythonpath(node, f"{workspace}/sglang"))
 
 
 CASE = Case(NAME, "SGLANG", SINGLE, 50, (MODEL,), run,

@@ -75,16 +75,27 @@ CONNECTOR_PROXY_READY = "All prefiller instances are ready."
 OWN_PROXY = "payloads/vllm_proxy/disagg_proxy.py"
 
 
+VERSION_MARK = "vllm.__version__="
+
+
 def vllm_version(ctx: CaseContext, node: Node) -> Version:
-    """The vLLM version in the node's Python (stdout's last line; a failed read is an error)."""
-    done = node.exec(["python3", "-c", "import vllm; print(vllm.__version__)"],
+    """The vLLM version in the node's Python, from the one line it prints on stdout (importing
+    vLLM logs to stderr, which a node's exec mixes in); a failed read is an error."""
+    done = node.exec(["python3", "-c", f"import vllm; print({VERSION_MARK!r} + vllm.__version__)"],
                      env=ctx.sim_env(node), pythonpath=ctx.pythonpath(node), timeout=120,
                      check=False)
     if not done.ok:
         raise HarnessError("cannot read the vLLM version in the container (import vllm "
                            f"failed with status {done.exit_code})", host=node.name,
                            log_tail=done.output[-2000:])
-    return parse_version(done.output.strip().splitlines()[-1] if done.output.strip() else "")
+    return parse_version(version_line(done.output))
+
+
+def version_line(output: str) -> str:
+    """What follows VERSION_MARK in `output` (the version print), "" when it is not there."""
+    marked = [line.split(VERSION_MARK, 1)[1] for line in output.splitlines()
+              if line.startswith(VERSION_MARK)]
+    return marked[-1] if marked else ""
 
 
 def vllm_server(ctx: CaseContext, name: str, node: Node, model: str, port: int, role: str,

@@ -374,8 +374,12 @@ def offline_env(node: Node, *models: str) -> dict[str, str]:
 
 
 def model_cached(node: Node, model: str) -> bool:
+    """Whether the model's snapshot is in the node's Hugging Face cache: HF_HUB_CACHE (or the
+    older HUGGINGFACE_HUB_CACHE), else HF_HOME/hub, else ~/.cache/huggingface/hub, as the
+    hub library (and different_tp's policy) look."""
     repo_dir = shlex.quote("models--" + model.replace("/", "--"))
-    pattern = f'"${{HF_HOME:-$HOME/.cache/huggingface}}"/hub/{repo_dir}/snapshots/*/config.json'
+    hub = '${HF_HUB_CACHE:-${HUGGINGFACE_HUB_CACHE:-${HF_HOME:-$HOME/.cache/huggingface}/hub}}'
+    pattern = f'"{hub}"/{repo_dir}/snapshots/*/config.json'
     done = node.exec(["bash", "-c", f"compgen -G {pattern} > /dev/null"], check=False,
                      timeout=30)
     return done.ok

@@ -37,3 +37,39 @@ def test_unreadable_version_is_an_error_naming_what_was_read(text):
     with pytest.raises(HarnessError) as info:
         parse_version(text)
     assert str(info.value).startswith(f"cannot read the vLLM version from {text.strip()!r}")
+
+
+def test_the_version_is_the_printed_line_whatever_vllm_logs_around_it():
+    """Importing vLLM logs to stderr, which the node's exec mixes in (after the print, too)."""
+    from harness.run.engines import version_line
+    output = ("INFO 12-07 10:00:00 [__init__.py:216] Automatically detected platform cuda.\n"
+              "vllm.__version__=0.17.0\n"
+              "WARNING 12-07 10:00:01 [interface.py:12] torch.compile is slow on first use\n")
+    assert parse_version(version_line(output)) == Version("0.17.0")
+    with pytest.raises(HarnessError, match="cannot read the vLLM version from ''"):
+        parse_version(version_line("INFO only logs\n"))
+
+
+def test_moe_runs_its_pytest_with_long_tracebacks(monkeypatch):
+    """As the old script did: a failing MMLU check shows the whole traceback in the case log."""
+    import contextlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    import cases.test_moe_mooncake as moe
+    seen = []
+    monkeypatch.setattr(moe, "run_payload", lambda ctx, argv, **kw: seen.append(argv))
+    monkeypatch.setattr(moe, "offline_env", lambda node, model: {})
+    node = SimpleNamespace(layout=SimpleNamespace(payloads=Path("/p")))
+
+    class Ctx:
+        local = node
+        sglang_workspace = staticmethod(lambda node: "/sgl-workspace")
+        sim_env = staticmethod(lambda node: {})
+        pythonpath = staticmethod(lambda node, *extra: list(extra))
+
+        step = staticmethod(lambda name: contextlib.nullcontext())
+
+    moe.run(Ctx())
+    (argv,) = seen
+    assert argv[:3] == ["python3", "-m", "pytest"] and "--tb=long" in argv
