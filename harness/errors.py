@@ -109,5 +109,10 @@ class CaseFailed(HarnessError):
     """A case ran to the end and its pass rule said no."""
 
 
+class HostUnhealthy(HarnessError):
+    """A host is not fit for the next case or model (its GPUs do not drain, or cannot be read):
+    the environment's failure, not the case's."""
+
+
 class Interrupted(HarnessError):
     """Ctrl-C or SIGTERM stopped the run."""

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from harness.prep import gpu as gpu_mod
-from harness.errors import HarnessError
+from harness.errors import HarnessError, HostUnhealthy
 from harness.prep.gpu import Drain, GpuMemory, GpuProcess, GpuReadError, NvidiaSmi
 from harness.prep.sim_gpu import SimGpu, sim_gpu_dir
 from harness.hosts.nodes import ContainerBase, Node, _find_pid_files, read_pid_file
@@ -79,7 +79,7 @@ class ResetReport:
         return "; ".join(parts)
 
 
-class ResetFailed(HarnessError):
+class ResetFailed(HostUnhealthy):
     """The host could not be reset; `report` says what was tried and what the GPUs read."""
 
     def __init__(self, message: str, report: ResetReport, **kw) -> None:

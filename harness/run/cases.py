@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, ContextManager, Iterator, Mapping, Sequence
 
 from harness.run import answers
-from harness.errors import CaseFailed, HarnessError, ServerExited, SettingsError, tail
+from harness.errors import HarnessError, HostUnhealthy, SettingsError
 from harness.prep.gpu import format_used, wait_for_drain
 from harness.prep.sim_gpu import sim_gpu_env
 from harness.hosts.nodes import Node
@@ -200,8 +200,9 @@ class CaseContext:
     def each_model(self, models: Sequence[str],
                    body: Callable[["CaseContext", str], None]) -> None:
         """Run `body` per model; everything it started is stopped on both hosts, and their GPUs
-        drained, before the next model. Every model runs; the case fails if any did, naming the
-        first failure."""
+        drained (after a failed model too), before the next model. Every model runs; the case
+        fails if any did, naming the first failure. GPUs that do not drain between two models
+        are the host's failure (HostUnhealthy): the models after it do not run."""
         failures: list[tuple[str, HarnessError]] = []
         for index, model in enumerate(models):
             if failures and self.policy.kept_servers is not None:
@@ -211,13 +212,13 @@ class CaseContext:
                 continue
             try:
                 self._one_model(model, body)
-                if index + 1 < len(models):  # between models; the reset covers after the last
-                    self._wait_gpus_drained(model)
                 self.result.models[model] = "Pass"
             except HarnessError as exc:
                 self.result.models[model] = f"Fail: {exc}"
                 log.error("%s: %s failed: %s", self.case.name, model, exc.details())
                 failures.append((model, exc))
+            if index + 1 < len(models) and self.policy.kept_servers is None:
+                self._drain_between(model, models[index + 1:])  # the reset covers the last
         if failures:
             model, first = failures[0]
             more = f" (and {len(failures) - 1} more model(s) failed)" if len(failures) > 1 else ""
@@ -251,6 +252,15 @@ class CaseContext:
     def servers(self) -> list[Server]:
         """The servers started so far in the current scope (the model, or the case)."""
         return list(self._servers or [])
+
+    def _drain_between(self, model: str, later: Sequence[str]) -> None:
+        try:
+            self._wait_gpus_drained(model)
+        except HarnessError as exc:
+            for each in later:
+                self.result.models[each] = "Fail: not run (environment unhealthy)"
+            raise HostUnhealthy(f"environment unhealthy: {exc.message}", step=exc.step,
+                                host=exc.host, log_tail=exc.log_tail, hint=exc.hint) from exc
 
     def _wait_gpus_drained(self, model: str) -> None:
         """The next model's engines need the memory this one held (vLLM refuses to start

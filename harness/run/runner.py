@@ -20,7 +20,7 @@ from harness.prep import environment
 from harness.results import transfers
 from harness.run.cases import Case, CaseContext
 from harness.prep.environment import Environment
-from harness.errors import HarnessError, Interrupted, SettingsError
+from harness.errors import HarnessError, HostUnhealthy, Interrupted, SettingsError
 from harness.hosts.local import LocalHost
 from harness.policy import RunPolicy
 from harness.run.keep import Kept, liveness, reach_text
@@ -151,7 +151,8 @@ def _run_case(run: Run, case: Case) -> None:
     except KeyboardInterrupt:
         raise
     except HarnessError as exc:
-        _record_failure(result, exc)
+        _record_failure(result, exc, outcome=(Outcome.UNHEALTHY if isinstance(exc, HostUnhealthy)
+                                              else Outcome.FAILED))
     except Exception as exc:  # a bug in a case: record it, keep going with the next case
         log.error("internal error in %s: %s", case.name, traceback.format_exc())
         _record_failure(result, HarnessError(f"internal error: {exc!r}"))
@@ -231,7 +232,7 @@ def _fail_unfinished(run: Run, exc: HarnessError) -> None:
     """A run-level failure (bad input, prep, unhealthy host): every case not yet decided fails."""
     log.error("%s", exc.details())
     outcome = (Outcome.INTERRUPTED if isinstance(exc, Interrupted) else
-               Outcome.UNHEALTHY if exc.step == "reset" else Outcome.FAILED)
+               Outcome.UNHEALTHY if isinstance(exc, HostUnhealthy) else Outcome.FAILED)
     for result in run.results.values():
         if not result.decided:
             _record_failure(result, exc, quiet=True, outcome=outcome)

@@ -106,6 +106,9 @@ def test_an_acting_fault_fails_the_case_it_aims_at(project, component, fault, wh
     logs = "".join(p.read_text(errors="replace")
                    for p in (project / "run/logs" / case_of(what)).rglob("*.log"))
     assert f"FAULT PLAYED {component}:{fault} at " in logs  # the fault says when it acted
+    if what in (PD, VLLM):  # two models: the GPUs drain after the failed first one, too
+        first = next(iter(result["models"]))
+        assert f"{first}: gpu drain" in result["steps_s"], result["steps_s"]
 
 
 @pytest.mark.parametrize("component,what,host", LEAKS, ids=[f"{c}@{w}" for c, w, _ in LEAKS])
@@ -117,6 +120,10 @@ def test_a_gpu_leak_fails_the_host_reset_after_the_case(project, component, what
         first = next(iter(result["models"]))
         assert result["step"] == f"{first}: gpu drain" and result["host"] == host, result
         assert f"after the servers of {first} stopped" in result["reason"], result["reason"]
+        # the host's failure, not the model's: the model passed, the next one is not run
+        assert result["outcome"] == "environment unhealthy", result
+        assert list(result["models"].values()) == ["Pass", "Fail: not run (environment "
+                                                   "unhealthy)"], result["models"]
     else:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     settings = Settings.from_env({"HARNESS_SIM": "true", "HARNESS_RUNTIME": "host", **SHORT})
