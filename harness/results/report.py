@@ -48,7 +48,9 @@ svg text{font:10px sans-serif;fill:#111;pointer-events:none}svg .ticklabel{fill:
 .s-failed .bar,.s-failed .up{fill:#e45756}
 .s-cancelled .bar{fill:#ccc;stroke:#888;stroke-dasharray:3}
 .s-running .bar{stroke:#000;stroke-dasharray:2}
-.legend span{display:inline-block;padding:0 .5em;margin-right:.4em;border-radius:3px;font-size:12px}
+.legend span{display:inline-block;margin-right:.8em;font-size:12px}
+.legend i{display:inline-block;width:1em;height:1em;margin-right:.3em;vertical-align:-.15em;
+border-radius:2px}
 .files ul{margin:.2em 0 .6em;columns:2}.files li{overflow-wrap:anywhere}
 .skipped{color:#666;font-size:12px}
 """
@@ -180,7 +182,8 @@ def _timeline(spans: list[dict], cases: list[dict], link: dict[str, str]) -> str
     axis = Axis.around(shown or spans)
     bands = case_bands(shown)
     status = {str(c["case"]): str(c.get("status", "")) for c in cases}
-    legend = "".join(f'<span style="background:{color}">{escape(label)}</span>'
+    # a swatch beside each label, so the text keeps the page's own contrast
+    legend = "".join(f'<span><i style="background:{color}"></i>{escape(label)}</span>'
                      for _, color, label in LEGEND)
     out = [f'<div class="legend">{legend}</div>',
            f'<p class="meta">from {clock(axis.t0)} to {clock(axis.t1)} UTC '
@@ -197,7 +200,7 @@ def _timeline(spans: list[dict], cases: list[dict], link: dict[str, str]) -> str
             note = "".join(f"{escape(str(s.get('name')))} ({escape(str(s.get('detail', '')))}); "
                            for s in skipped)
             out.append(f'<section class="host" data-host="{escape(host)}">'
-                       f"<h3>{escape(label)}</h3>{host_svg(mine, axis, bands, link)}"
+                       f"<h3>{escape(label)}</h3>{host_svg(mine, axis, bands, link, label)}"
                        + (f'<div class="skipped">skipped: {note}</div>' if note else "")
                        + "</section>")
     return "".join(out)

@@ -134,11 +134,15 @@ def bar_svg(span: dict, axis: Axis, y: float, href: str | None) -> str:
 
 
 def host_svg(spans: Sequence[dict], axis: Axis, bands: Sequence[tuple[str, float, float]],
-             link: dict[str, str]) -> str:
-    """One host's bars, with the cases as background bands and the axis's grid lines."""
+             link: dict[str, str], label: str = "") -> str:
+    """One host's bars, with the cases as background bands and the axis's grid lines. A group
+    with a text alternative, not an image: its bars are links to their logs."""
     rows = pack_rows(spans, axis)
     height = PAD * 2 + max(len(rows), 1) * (ROW_H + ROW_GAP)
-    out = [f'<svg class="lanes" viewBox="0 0 {WIDTH} {height}" width="100%" role="img">']
+    about = escape(f"timeline of {label or 'a host'}: each bar a step, server or request; "
+                   "its title has the exact times")
+    out = [f'<svg class="lanes" viewBox="0 0 {WIDTH} {height}" width="100%" role="group" '
+           f'aria-label="{about}">']
     for index, (case, start, end) in enumerate(bands):
         out.append(f'<rect class="band b{index % 2}" x="{axis.x(start):.1f}" y="0" '
                    f'width="{max(axis.x(end) - axis.x(start), 1):.1f}" height="{height}">'

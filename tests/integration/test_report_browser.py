@@ -56,9 +56,24 @@ def open_in_chromium(page_file: Path) -> dict:
                 "document.baseURI).href)")
             seen["ids"] = page.eval_on_selector_all("[id]", "els => els.map(e => e.id)")
             seen["first"] = page.inner_text("#verdict")
+            seen["axe"] = accessibility_audit(page)
         finally:
             browser.close()
     return seen
+
+
+WCAG_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+
+def accessibility_audit(page) -> list[str]:
+    """axe-core's WCAG 2 A/AA rules on the loaded page (its script, as axe-playwright-python
+    ships it, injected inline: the page still makes no request); one line per violation."""
+    from axe_playwright_python.base import AXE_SCRIPT
+    page.add_script_tag(content=AXE_SCRIPT)
+    found = page.evaluate("tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})",
+                          WCAG_TAGS)
+    return [f"{v['id']} ({v['impact']}): {v['help']}: "
+            + ", ".join(str(n["target"]) for n in v["nodes"][:5]) for v in found["violations"]]
 
 
 def test_report_of_a_decode_crash_opens_offline_in_chromium(project, tmp_path):
@@ -101,5 +116,6 @@ def test_report_of_a_decode_crash_opens_offline_in_chromium(project, tmp_path):
     every_log = {p for p in logs.rglob("*") if p.is_file() and p != page_file}
     assert every_log - linked == set()
 
+    assert seen["axe"] == [], "\n".join(seen["axe"])  # WCAG 2 A and AA, by axe-core
     assert [c for c in seen["console"] if c[0] in ("error", "pageerror")] == []
     assert seen["requests"] == [page_file.as_uri()]  # the page itself, nothing else
