@@ -121,8 +121,10 @@ class Settings:
     ssh_known_hosts: str = _s("SSH_KNOWN_HOSTS", "~/.ssh/known_hosts", "known_hosts file")
     ssh_config: str = _s(
         "SSH_CONFIG", "~/.ssh/config",
-        "OpenSSH client config read for REMOTE_IP (HostName, User, Port, IdentityFile, "
-        "ProxyJump); REMOTE_USER, REMOTE_SSH_PORT and REMOTE_SSH_KEY win where set")
+        "OpenSSH client config read for REMOTE_IP as ssh reads it (Include, Host, Match; "
+        "HostName, User, Port, IdentityFile, ProxyJump, ProxyCommand, StrictHostKeyChecking, "
+        "UserKnownHostsFile); REMOTE_USER, REMOTE_SSH_PORT, REMOTE_SSH_KEY, "
+        "SSH_HOST_KEY_POLICY and SSH_KNOWN_HOSTS win where set")
     router_pip_index_url: str = _s("ROUTER_PIP_INDEX_URL",
                                    "https://mirrors.aliyun.com/pypi/simple/",
                                    "index for the on-demand sglang-router install")

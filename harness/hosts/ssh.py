@@ -12,7 +12,6 @@ No `ssh`, `scp` or `rsync` subprocess is involved: the project tree goes up as o
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import socket
 import threading
@@ -28,8 +27,7 @@ from harness.hosts.local import Completed
 from harness.settings import HostKeyPolicy, Settings
 from harness.hosts.ssh_config import Hop, resolve
 from harness.hosts.ssh_keys import (AcceptNewPolicy, StrictPolicy, UnknownHostKey,
-                                    changed_key_message,
-                                    known_hosts_name)
+                                    changed_key_message, key_file_problem, known_hosts_name)
 from harness.hosts.ssh_files import SFTPFiles
 
 log = logging.getLogger(__name__)
@@ -79,8 +77,8 @@ class SSHHost(SFTPFiles):
         self.hostname = self.route.target.hostname
         self.port = self.route.target.port
         self.user = self.route.target.user
-        self.policy = HostKeyPolicy(settings.ssh_host_key_policy)
-        self.known_hosts = Path(os.path.expanduser(settings.ssh_known_hosts))
+        self.policy = HostKeyPolicy(self.route.host_key_policy)
+        self.known_hosts = Path(self.route.known_hosts)
         self.connect_timeout = connect_timeout
         self.default_timeout = default_timeout
         self.sftp_timeout = sftp_timeout
@@ -125,7 +123,9 @@ class SSHHost(SFTPFiles):
     def _connect(self) -> paramiko.SSHClient:
         """Through the ProxyJump hosts (each over the one before), then to the target."""
         jumps: list[paramiko.SSHClient] = []
-        sock = None
+        # ProxyCommand runs through the shell, as ssh runs it (never together with jumps)
+        sock = (paramiko.ProxyCommand(shlex.join(["/bin/sh", "-c", self.route.proxy_command]))
+                if self.route.proxy_command else None)
         try:
             hops = [*self.route.jumps, self.route.target]
             for hop, after in zip(hops[:-1], hops[1:], strict=True):
@@ -179,19 +179,9 @@ class SSHHost(SFTPFiles):
 
     def _check_key_file(self, key_file: str) -> None:
         """A key that cannot be used is said so here, not as a refused login later."""
-        if not os.path.isfile(key_file):
-            raise self._error(f"REMOTE_SSH_KEY {key_file} does not exist",
-                              hint="point REMOTE_SSH_KEY at the private key, or unset it "
-                                   "to use the SSH agent and ~/.ssh keys")
-        try:
-            paramiko.PKey.from_path(key_file)
-        except paramiko.PasswordRequiredException:
-            raise self._error(f"REMOTE_SSH_KEY {key_file} is protected by a passphrase",
-                              hint="load it into an SSH agent and unset REMOTE_SSH_KEY") \
-                from None
-        except (OSError, paramiko.SSHException, ValueError) as exc:
-            raise self._error(f"cannot use REMOTE_SSH_KEY {key_file} as a private key "
-                              f"({exc or type(exc).__name__})") from None
+        problem = key_file_problem(key_file)
+        if problem:
+            raise self._error(*problem)
 
     def _apply_host_key_policy(self, client: paramiko.SSHClient) -> None:
         if self.policy is HostKeyPolicy.IGNORE:

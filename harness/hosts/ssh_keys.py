@@ -86,3 +86,20 @@ def changed_key_message(target: str, key: paramiko.PKey, known_hosts: Path, name
             f"match {where}); refusing to connect (SSH_HOST_KEY_POLICY={policy}); if the host "
             f"was really reinstalled, remove that line with ssh-keygen -R '{name}' -f "
             f"{known_hosts}, or set SSH_HOST_KEY_POLICY=ignore to accept any key")
+
+
+def key_file_problem(key_file: str) -> tuple[str, str | None] | None:
+    """Why REMOTE_SSH_KEY cannot be used (message, hint), or None when it can."""
+    if not os.path.isfile(key_file):
+        return (f"REMOTE_SSH_KEY {key_file} does not exist",
+                "point REMOTE_SSH_KEY at the private key, or unset it to use the SSH agent "
+                "and ~/.ssh keys")
+    try:
+        paramiko.PKey.from_path(key_file)
+    except paramiko.PasswordRequiredException:
+        return (f"REMOTE_SSH_KEY {key_file} is protected by a passphrase",
+                "load it into an SSH agent and unset REMOTE_SSH_KEY")
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        return (f"cannot use REMOTE_SSH_KEY {key_file} as a private key "
+                f"({exc or type(exc).__name__})", None)
+    return None

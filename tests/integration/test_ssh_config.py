@@ -83,6 +83,19 @@ def test_proxy_jump_goes_through_the_jump_host(config_settings, sshd):
         SSHHost(settings, settings.remote_ip).run(["true"])
 
 
+def test_proxy_command_carries_the_connection(config_settings, sshd, tmp_path):
+    """ProxyCommand is honoured, not skipped for a direct connection: the command (run by the
+    shell, its %h and %p expanded) is the connection's socket."""
+    ran = tmp_path / "proxy-command-ran"
+    relay = (f"touch {ran}; exec 3<>/dev/tcp/%h/%p; cat <&3 & exec cat >&3")
+    text = block("ci-remote", sshd) + f"    ProxyCommand bash -c '{relay}'\n"
+    settings = config_settings(text)
+    with SSHHost(settings, settings.remote_ip) as host:
+        assert host.run(["echo", "proxied"]).output.strip() == "proxied"
+        assert isinstance(host._client.get_transport().sock, paramiko.ProxyCommand)
+    assert ran.exists()
+
+
 @pytest.mark.parametrize("hashed", [False, True], ids=["plain", "hashed"])
 def test_a_changed_host_key_names_the_file_the_line_and_the_setting(config_settings, sshd,
                                                                     tmp_path, hashed):

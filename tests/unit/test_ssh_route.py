@@ -54,3 +54,53 @@ def test_a_bad_port_in_the_config_is_one_line(tmp_path):
         resolve(Settings.from_env({"SSH_CONFIG": str(path), "REMOTE_IP": "10.0.0.2"}),
                 "10.0.0.2")
     assert "\n" not in str(info.value) and "twenty" in str(info.value)
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config"
+    path.write_text(text)
+    return path
+
+
+def test_proxy_command_tokens_take_the_final_user_and_port(tmp_path):
+    path = write(tmp_path, "Host gpu\n    HostName 10.9.9.9\n    User ci\n"
+                           "    ProxyCommand nc -X connect %h %p # %r %%\n")
+    route = resolve(Settings.from_env({"SSH_CONFIG": str(path), "REMOTE_USER": "root",
+                                       "REMOTE_SSH_PORT": "2200"}), "gpu")
+    assert route.proxy_command == "nc -X connect 10.9.9.9 2200 # root %"
+    assert route.jumps == []
+
+
+def test_both_proxy_jump_and_proxy_command_is_one_line(tmp_path):
+    path = write(tmp_path, "Host gpu\n    ProxyJump b\n    ProxyCommand nc %h %p\n")
+    with pytest.raises(SettingsError, match="both ProxyJump and ProxyCommand apply to gpu"):
+        resolve(Settings.from_env({"SSH_CONFIG": str(path)}), "gpu")
+
+
+@pytest.mark.parametrize("keyword", ["BindAddress 10.0.0.1", "HostKeyAlias other",
+                                     "CertificateFile ~/.ssh/c.pub"])
+def test_a_keyword_the_harness_cannot_honour_is_named(tmp_path, keyword):
+    path = write(tmp_path, f"Match host gpu\n    {keyword}\n")
+    with pytest.raises(SettingsError) as info:
+        resolve(Settings.from_env({"SSH_CONFIG": str(path)}), "gpu")
+    assert keyword.split()[0].lower() in str(info.value) and "\n" not in str(info.value)
+
+
+def test_include_is_relative_to_ssh_dir_and_the_block_goes_on_after_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".ssh" / "conf.d").mkdir(parents=True)
+    (tmp_path / ".ssh" / "conf.d" / "a.conf").write_text("HostName 10.9.9.9\nHost other\n"
+                                                         "    Port 2999\n")
+    path = write(tmp_path, "Host gpu\n    Include conf.d/*.conf\n    Port 2200\n")
+    target = resolve(Settings.from_env({"SSH_CONFIG": str(path)}), "gpu").target
+    assert (target.hostname, target.port) == ("10.9.9.9", 2200)
+
+
+def test_settings_win_over_the_configs_host_key_checking(tmp_path):
+    path = write(tmp_path, "Host gpu\n    StrictHostKeyChecking no\n"
+                           "    UserKnownHostsFile /k/one /k/two\n")
+    route = resolve(Settings.from_env({"SSH_CONFIG": str(path)}), "gpu")
+    assert (route.host_key_policy, route.known_hosts) == ("ignore", "/k/one")
+    route = resolve(Settings.from_env({"SSH_CONFIG": str(path), "SSH_HOST_KEY_POLICY": "strict",
+                                       "SSH_KNOWN_HOSTS": "/mine"}), "gpu")
+    assert (route.host_key_policy, route.known_hosts) == ("strict", "/mine")
