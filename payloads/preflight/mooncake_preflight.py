@@ -162,28 +162,25 @@ class Peer:
 
 def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
     session, remote = peer.hello["session"], peer.hello["address"]
+
+    def move(verb: str, size: int) -> dict:
+        """One transfer, timed, then the digests of both sides compared."""
+        call = engine.transfer_sync_write if verb == "write" else engine.transfer_sync_read
+        started = time.perf_counter()
+        code = call(session, buffer.address, remote, size)
+        took = time.perf_counter() - started
+        if code != 0:
+            raise Failed(f"{verb} of {size} bytes with {session} returned {code}")
+        if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
+            raise Failed(f"the {size} bytes of the {verb} with {session} arrived changed")
+        return {f"{verb}_gbps": round(size / took / 1e9, 3), f"{verb}_ms": round(took * 1e3, 3)}
+
     rows = []
     for size in sizes:
-        buffer.fill(size, seed=size)
-        started = time.perf_counter()
-        code = engine.transfer_sync_write(session, buffer.address, remote, size)
-        write_s = time.perf_counter() - started
-        if code != 0:
-            raise Failed(f"write of {size} bytes to {session} returned {code}")
-        if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
-            raise Failed(f"the {size} bytes written to {session} arrived changed")
-        peer.ask({"do": "fill", "length": size, "seed": size + 1})
-        started = time.perf_counter()
-        code = engine.transfer_sync_read(session, buffer.address, remote, size)
-        read_s = time.perf_counter() - started
-        if code != 0:
-            raise Failed(f"read of {size} bytes from {session} returned {code}")
-        if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
-            raise Failed(f"the {size} bytes read from {session} arrived changed")
-        rows.append({"bytes": size, "write_gbps": round(size / write_s / 1e9, 3),
-                     "write_ms": round(write_s * 1e3, 3),
-                     "read_gbps": round(size / read_s / 1e9, 3),
-                     "read_ms": round(read_s * 1e3, 3)})
+        buffer.fill(size, seed=size)                       # this side's bytes go out
+        row = {"bytes": size, **move("write", size)}
+        peer.ask({"do": "fill", "length": size, "seed": size + 1})  # the target's come back
+        rows.append({**row, **move("read", size)})
     return rows
 
 

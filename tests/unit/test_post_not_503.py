@@ -1,6 +1,7 @@
 """PostNot503: the connector proxy's readiness by its answers (issue 8, item 4)."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
 
@@ -31,14 +32,22 @@ class _Proxy(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def proxy():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Proxy)
+@contextlib.contextmanager
+def serving(handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def proxy():
+    with serving(_Proxy) as server:
+        yield server
 
 
 @pytest.mark.parametrize("answer,ready", [(503, False), (400, True), (500, True), (200, True),
@@ -83,12 +92,8 @@ class _CutOff(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def cut_off():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutOff)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(_CutOff) as server:
+        yield server
 
 
 def test_a_ready_proxy_that_cuts_its_body_off_is_ready_by_its_status_line(cut_off):
