@@ -64,6 +64,14 @@ class Cancel:
         if self.is_set():
             raise Interrupted(f"{self.reason} while {doing}")
 
+    def sleeper(self, doing: str) -> Callable[[float], None]:
+        """A `sleep` for code that pauses between tries (a download's back-off): it wakes at
+        once when cancelled and raises Interrupted naming `doing`."""
+        def sleep(seconds: float) -> None:
+            self.wait(seconds)
+            self.check(doing)
+        return sleep
+
     def child(self) -> "Cancel":
         return Cancel(self)
 

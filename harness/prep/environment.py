@@ -155,7 +155,8 @@ def _prepare_local(env: Environment, node: Node, stack: ExitStack, group: str,
             path = step.skip("get-wheel", f"artifact {s.artifact_id} already in run/whls (its "
                              "stamp and sha256 match)", value=find_wheel(whl_dir))
         else:
-            path = step("get-wheel", lambda: fetch_wheel(s, whl_dir))
+            path = step("get-wheel", lambda: fetch_wheel(
+                s, whl_dir, sleep=step.cancel.sleeper("waiting to retry the wheel download")))
     except BaseException:
         wheel.set(None, failed=True)
         raise

@@ -136,3 +136,18 @@ def test_fan_out_run_cancel_reaches_every_job():
     with pytest.raises(Interrupted):
         fan_out([job, job], run, "prep")
     assert stopped == [1, 1]
+
+
+def test_a_back_off_sleep_wakes_and_stops_when_cancelled():
+    import threading
+
+    from harness.errors import Interrupted
+    from harness.waiting import Cancel
+    cancel = Cancel()
+    sleep = cancel.sleeper("waiting to retry the wheel download")
+    sleep(0.01)                                      # not cancelled: a plain pause
+    threading.Timer(0.1, cancel.set, args=("interrupted",)).start()
+    started = time.monotonic()
+    with pytest.raises(Interrupted, match="interrupted while waiting to retry the wheel"):
+        sleep(30)
+    assert time.monotonic() - started < 5
