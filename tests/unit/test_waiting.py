@@ -139,10 +139,6 @@ def test_fan_out_run_cancel_reaches_every_job():
 
 
 def test_a_back_off_sleep_wakes_and_stops_when_cancelled():
-    import threading
-
-    from harness.errors import Interrupted
-    from harness.waiting import Cancel
     cancel = Cancel()
     sleep = cancel.sleeper("waiting to retry the wheel download")
     sleep(0.01)                                      # not cancelled: a plain pause
