@@ -7,15 +7,13 @@ settings, nodes, paths, and helpers that start servers and payloads and always s
 """
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import pkgutil
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable, ContextManager, Iterator, Mapping, Sequence
+from typing import Callable, ContextManager, Mapping, Sequence
 
 from harness.run import answers
 from harness.errors import HarnessError, HostUnhealthy, SettingsError
@@ -24,13 +22,13 @@ from harness.prep.sim_gpu import sim_gpu_env
 from harness.hosts.nodes import Node
 from harness.prep.reset import gpu_source_for
 from harness.results.outcome import CaseResult
-from harness.servers.server import LogFollower, Rule, Server
+from harness.servers.server import Rule, Server
 from harness.groups import groups_for, run_order
 from harness.policy import RunPolicy
 from harness.settings import Settings
 from harness.results.steps import Steps
 from harness.results.timeline import Timeline, log_ref
-from harness.waiting import Cancel, fan_out, wait_until
+from harness.waiting import Cancel, fan_out
 
 log = logging.getLogger(__name__)
 

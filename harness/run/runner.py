@@ -15,22 +15,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from harness.run import cases as case_registry
 from harness.prep import environment
 from harness.results import transfers
 from harness.run.cases import Case, CaseContext
 from harness.prep.environment import Environment
 from harness.errors import HarnessError, HostUnhealthy, Interrupted, SettingsError
-from harness.hosts.local import LocalHost
 from harness.policy import RunPolicy
 from harness.run.keep import Kept, liveness, reach_text
 from harness.layout import Layout
-from harness.hosts.nodes import HostNode, Node
 from harness.results.report import write_report
 from harness.results.outcome import (UNFINISHED, CaseResult, summary_table, updated_cases,
                                      write_case_result, write_run_summary, write_unfinished)
 from harness.results.status import Outcome, entry_passed
-from harness.settings import PROJECT_ROOT, RemoteVia, Runtime, Settings
+from harness.settings import PROJECT_ROOT, Runtime, Settings
 from harness.results.timeline import Timeline
 from harness.waiting import Cancel, set_progress_every
 
@@ -69,7 +66,7 @@ def run_cases(settings: Settings, cases: Sequence[Case], label: str,
     """Prepare, run every case in order, clean up; the exit status (0 when all passed).
     `earlier`: a rerun's summary entries, kept for the cases not run again."""
     run = Run(settings, list(cases), label, layout or Layout.at(PROJECT_ROOT), earlier=earlier)
-    # started empty, as harness.log is: the spans of this run only (harness.results.report reads them)
+    # started empty, as harness.log is: the spans of this run only (results.report reads them)
     run.env.timeline = Timeline.fresh(Path(run.layout.timeline), run.env.run_id)
     set_progress_every(settings.progress_every_s)
     previous = install_signal_handlers(run.env.cancel)
