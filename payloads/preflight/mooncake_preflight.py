@@ -20,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 DEFAULT_SIZES = (4096, 1 << 20, 64 << 20, 1 << 30)
@@ -111,7 +112,7 @@ def start_engine(host: str, protocol: str):
 def target(args: argparse.Namespace) -> int:
     engine = start_engine(args.host, args.protocol)
     buffer = Buffer(engine, max(args.sizes), args.memory)
-    buffer.register()
+    buffer.register(broken=args.break_registration)
     say({"session": f"{args.host}:{engine.get_rpc_port()}", "address": buffer.address})
     for line in sys.stdin:
         command = json.loads(line)
@@ -135,9 +136,19 @@ class Peer:
         argv = [sys.executable, os.path.abspath(__file__), "--role", "target", "--host",
                 args.host, "--protocol", args.protocol, "--memory", args.memory,
                 "--sizes", ",".join(map(str, args.sizes))]
+        if args.break_registration:
+            argv.append("--break-registration")
+        self.log = tempfile.TemporaryFile()  # its Mooncake log: the reason a transfer failed
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)
+                                     stderr=self.log, text=True)
         self.hello = self.ask(None)
+
+    def last_error(self) -> str:
+        """The target's last Mooncake error line (glog's `E...] message`), "" when none."""
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").splitlines()
+        errors = [line.split("] ", 1)[-1] for line in lines if line.startswith("E")]
+        return errors[-1] if errors else ""
 
     def ask(self, command: dict | None) -> dict:
         if command is not None:
@@ -151,6 +162,8 @@ class Peer:
                 return json.loads(line)
 
     def close(self) -> None:
+        self.log.seek(0)
+        sys.stderr.write(self.log.read().decode(errors="replace"))  # kept with ours
         if self.proc.poll() is None:
             self.proc.stdin.close()
             try:
@@ -170,7 +183,9 @@ def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
         code = call(session, buffer.address, remote, size)
         took = time.perf_counter() - started
         if code != 0:
-            raise Failed(f"{verb} of {size} bytes with {session} returned {code}")
+            said = peer.last_error()
+            raise Failed(f"{verb} of {size} bytes with {session} returned {code}"
+                         + (f"; the target said: {said}" if said else ""))
         if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
             raise Failed(f"the {size} bytes of the {verb} with {session} arrived changed")
         return {f"{verb}_gbps": round(size / took / 1e9, 3), f"{verb}_ms": round(took * 1e3, 3)}
@@ -191,7 +206,7 @@ def initiator(args: argparse.Namespace) -> int:
     try:
         engine = start_engine(args.host, args.protocol)
         buffer = Buffer(engine, max(args.sizes), args.memory)
-        buffer.register(broken=args.break_registration)
+        buffer.register()
         peer = Peer(args)
         result.update(ok=True, sizes=ladder(engine, buffer, peer, args.sizes))
     except Failed as exc:
@@ -212,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=lambda text: [int(s) for s in text.split(",")],
                         default=list(DEFAULT_SIZES))
     parser.add_argument("--break-registration", action="store_true",
-                        help="register only the first byte of the initiator's GPU buffer")
+                        help="the target registers only the first byte of its GPU buffer")
     args = parser.parse_args(argv)
     args.memory = memory_kind(args.memory)
     try:
