@@ -3,10 +3,14 @@
 # This maps those onto the nox sessions, so the template keeps working while it moves to nox.
 #
 # The sessions need Python >= 3.10 with a working venv and a package index before the harness
-# runs. Whatever stops the harness from starting (no such Python, venv or `pip install nox`
-# failing, nox failing before its session writes anything), every case asked for still gets
-# `Fail` in run/logs/<case>/test_results.json, one line on stderr says why, and the exit is 1.
-# The shim needs no Python to do that; bootstrap output goes to run/logs/bootstrap.log.
+# runs. A host without such a Python (an older distribution's python3 is 3.6) still has what the
+# old scripts needed, bash, docker and the serving image: the shim then runs the same session
+# inside that image (host network and PID namespace, the Docker socket, the project at the same
+# path, the SSH config and keys, the settings), with the same results in the same places.
+# Whatever else stops the harness from starting (`pip install nox` failing, nox failing before
+# its session writes anything), every case asked for still gets `Fail` in
+# run/logs/<case>/test_results.json, one line on stderr says why, and the exit is 1. The shim
+# needs no Python to do that; bootstrap output goes to run/logs/bootstrap.log.
 set -euo pipefail
 
 here=${BASH_SOURCE[0]%/*}
@@ -119,13 +123,55 @@ find_nox() {
   return 1
 }
 
+# What `in_image` passes into the container: the settings the harness reads (SPEC §3), and how
+# this host reaches its package index (pip's settings, proxies, a CA bundle).
+PASSED_NAMES='^(PIP_|SSL_CERT_FILE$|REQUESTS_CA_BUNDLE$|HTTPS?_PROXY$|https?_proxy$|NO_PROXY$|no_proxy$|CONTAINER_|MODEL_CACHE$|REGISTRY_ADDR_|USE_|HUGGINGFACE_MIRROR$|REMOTE_|LOCAL_IP$|ARTIFACT_ID$|GIT_REPO$|PR_ID$|MOONCAKE_|GITHUB_|GH_|INSTALL_ERDMA$|ERDMA_|RDMA_DEVICES$|IMAGE_PULL$|SSH_|ROUTER_|SGLANG_|VLLM_|HARNESS_|EPD_IMAGE$|KEEP_ON_FAILURE$|TIMEOUT_|PROGRESS_|PREFLIGHT|RETRY_|BASELINE_|HF_)'
+
+# No Python >= 3.10 here: the session runs inside the serving image of the asked cases' group
+# (it has one, and pip), as root with this host's Docker, network, PIDs and project path.
+in_image() {
+  local image=$1; shift
+  local args=(--rm --network host --pid host --user 0
+              -v /var/run/docker.sock:/var/run/docker.sock -v "$root:$root" -w "$root"
+              -e "HOME=$HOME" -e PYTHONDONTWRITEBYTECODE=1)
+  if [ -d "$HOME/.ssh" ]; then args+=(-v "$HOME/.ssh:$HOME/.ssh:ro"); fi
+  local name file
+  while IFS= read -r name; do
+    args+=(-e "$name")
+  done < <(compgen -e | grep -E "$PASSED_NAMES" || true)
+  for file in "${PIP_CERT:-}" "${SSL_CERT_FILE:-}" "${REQUESTS_CA_BUNDLE:-}"; do
+    if [ -f "$file" ]; then args+=(-v "$file:$file:ro"); fi
+  done
+  echo "no Python >= 3.10 on this host: running the session in $image" >&2
+  # its own venvs under /tmp of the container: the project's .venv and .nox stay this host's
+  exec docker run "${args[@]}" --entrypoint bash "$image" -c \
+    'python3 -m venv /tmp/harness-venv && /tmp/harness-venv/bin/pip install --quiet nox &&
+     exec /tmp/harness-venv/bin/nox --envdir /tmp/harness-nox "$@"' in-image \
+    --noxfile "$root/noxfile.py" "$@"
+}
+
+# The serving image of the asked cases' group (the first case decides: a run is one group).
+serving_image() {
+  case " $VLLM_CASES " in
+    *" ${cases[0]} "*) echo "${REGISTRY_ADDR_VLLM:-vllm/vllm-openai:latest}" ;;
+    *) echo "${REGISTRY_ADDR_SGLANG:-lmsysorg/sglang:latest}" ;;
+  esac
+}
+
 # nox, with Fail written first: if nox dies before its session marks the cases (a broken venv,
 # a noxfile error), the cases still read Fail. The session and the harness rewrite them.
 run_nox() {
-  local reason="" nox=""
-  find_nox || give_up "$reason" "${cases[@]}"
+  local reason="" nox="" no_python=""
+  find_nox || no_python=1
+  if [ -n "$no_python" ] && [[ $reason != "no Python >= 3.10"* ]]; then
+    give_up "$reason" "${cases[@]}"
+  fi
+  if [ -n "$no_python" ] && ! command -v docker > /dev/null 2>&1; then
+    give_up "$reason; and no docker to run the harness in the serving image" "${cases[@]}"
+  fi
   write_fail "run did not finish: nox stopped before the harness started" "${cases[@]}" \
     2> /dev/null || give_up "cannot write the results under $logs" "${cases[@]}"
+  [ -z "$no_python" ] || in_image "$(serving_image)" "$@"
   exec "$nox" --noxfile "$root/noxfile.py" "$@"
 }
 

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -166,3 +167,33 @@ def test_bad_input_is_one_line_and_exit_2(recording_nox, args, message):
     assert len(done.stderr.strip().splitlines()) == 1
     assert not record.exists()
     assert not (root / "run").exists()
+
+
+@pytest.mark.docker
+def test_a_host_with_only_python_36_runs_the_case_in_the_serving_image(
+        tmp_path, docker_client, test_image):
+    """Where the old scripts ran, it runs: bash, docker and the serving image (the test image
+    stands in for it) are enough; the same session runs inside the image, with the Docker
+    socket, and leaves the same results in the same places."""
+    from tests.conftest import copy_project
+    from tests.integration.test_single_docker import containers_named, harness_env
+    root = copy_project(tmp_path / "project")
+    name = f"mh-test-{uuid.uuid4().hex[:8]}"
+    path = bare_path(tmp_path, {"python3": PYTHON36})
+    (Path(path) / "docker").symlink_to(shutil.which("docker"))
+    (Path(path) / "grep").symlink_to(shutil.which("grep"))
+    env = harness_env(name, test_image, PATH=path, HOME=str(tmp_path))
+    try:
+        done = subprocess.run([BASH, str(root / "scripts" / "run_test.sh"), "run-single",
+                               "test_moe_mooncake.sh"], env=env, capture_output=True,
+                              text=True, timeout=900)
+    finally:
+        for container in containers_named(docker_client, name):
+            container.remove(force=True)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert f"no Python >= 3.10 on this host: running the session in {test_image}" in done.stderr
+    result = json.loads((root / "run/logs/test_moe_mooncake/test_results.json").read_text())
+    assert result["status"] == "Pass"
+    assert "test_moe_mooncake: Pass" in out
+    assert not (root / ".venv").exists() and not (root / ".nox").exists()  # the host's own
