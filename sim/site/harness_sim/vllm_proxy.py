@@ -17,8 +17,9 @@ Not vLLM's code: an imitation of what the harness sees of it.
   answer, as vLLM's `StreamingResponse`: 200 and a chunked body, sent before the decode
   answers, so a decode that fails leaves a body cut off (no final chunk). A prefill that fails
   is only logged, as vLLM's unawaited prefill task is (the simulator sends the two in turn).
-* `HARNESS_SIM_PROXY_SILENT=1`: the ready line is never printed (ready all the same), as
-  vLLM's older copy logs it through a logger with no handler; only the 503s tell.
+* `HARNESS_SIM_PROXY_SILENT=1`: the shape of vLLM's older copy: no ready line (it logs it
+  through a logger with no handler) and no 503 (it learns its prefillers before it serves);
+  only its answers tell that it is up.
 * Faults for component `proxy` (HARNESS_SIM_COMPONENT=proxy): crash, hang, die-after-ready,
   wrong-answer, http-500, with the simulated servers' meaning.
 """
@@ -178,10 +179,16 @@ def wait_for_prefillers(state: ProxyState, stopper: Stopper) -> None:
         say_ready()
 
 
+def older_copy() -> bool:
+    """HARNESS_SIM_PROXY_SILENT=1: the shape of vLLM's older copy (in
+    examples/online_serving/disaggregated_serving/): it logs its ready line through a logger
+    with no handler, and it has no readiness of its own to answer 503 with."""
+    return os.environ.get(SILENT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
 def say_ready() -> None:
-    """The ready line; with HARNESS_SIM_PROXY_SILENT=1 none, as vLLM's older copy (in
-    examples/online_serving/disaggregated_serving/) logs it through a logger with no handler."""
-    if os.environ.get(SILENT_ENV, "").strip().lower() not in ("1", "true", "yes"):
+    """The ready line (none from the older copy)."""
+    if not older_copy():
         say(READY_LINE)
 
 
@@ -332,6 +339,11 @@ def run(argv: list[str]) -> int:
     if fault_exit is not None:
         return fault_exit
     state = ProxyState([Prefiller(url, addr) for url, addr in args.prefill], args.decode, active)
+    older = older_copy()
+    if older:  # it learns its prefillers before it serves: never a 503, and no ready line
+        wait_for_prefillers(state, stopper)
+        if stopper.is_set():
+            return stopper.farewell()
     servers = bind([(f"HTTP port {args.host}:{args.port}",
                      lambda: ProxyServer(args.host, args.port, state))])
     if servers is None:
@@ -339,8 +351,9 @@ def run(argv: list[str]) -> int:
     with serving(servers):
         say_uvicorn_starting()
         say(f"Got {len(state.prefill)} prefill clients and {len(state.decode)} decode clients.")
-        threading.Thread(target=wait_for_prefillers, args=(state, stopper), daemon=True,
-                         name="prefiller-info").start()
+        if not older:
+            threading.Thread(target=wait_for_prefillers, args=(state, stopper), daemon=True,
+                             name="prefiller-info").start()
         say("INFO:     Application startup complete.")
         say(f"INFO:     Uvicorn running on {http_url(args.host, servers[0].server_port)} "
             "(Press CTRL+C to quit)")
