@@ -106,3 +106,13 @@ def test_functions_fit_on_a_screen(module):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
     assert not long, f"{module}: over {MAX_FUNCTION_LINES} lines: {', '.join(long)}"
+
+
+SIM_AND_PAYLOADS = sorted([*(HARNESS.parent / "sim").rglob("*.py"),
+                           *(HARNESS.parent / "payloads").rglob("*.py")])
+
+
+@pytest.mark.parametrize("path", SIM_AND_PAYLOADS, ids=lambda p: str(p.relative_to(HARNESS.parent)))
+def test_the_simulator_and_payloads_stay_small_too(path):
+    lines = len(path.read_text().splitlines())
+    assert lines <= MAX_LINES, f"{path} has {lines} lines (at most {MAX_LINES})"

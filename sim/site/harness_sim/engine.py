@@ -10,10 +10,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from harness_sim import __version__, api, embedding, faults, images
+from harness_sim import __version__, api, embedding, faults, handoff, images
 from harness_sim.answers import WRONG, answer_text, has_image
 from harness_sim.console import say
-from harness_sim import handoff
 from harness_sim.handoff import KvReceiver, KvSender
 from harness_sim.kv_transfer import TransferError, request_prompt
 from harness_sim.sglang_args import DEFAULT_BOOTSTRAP_PORT, ServerArgs
@@ -58,8 +57,8 @@ class Engine:
                                "InternalServerError")
 
     def server_info(self) -> dict[str, Any]:
-        info = self.args.as_dict()
-        info.update({
+        return {
+            **self.args.as_dict(),
             "model_path": self.model_path,
             "tokenizer_path": self.args.tokenizer_path or self.model_path,
             "served_model_name": self.served_model,
@@ -72,8 +71,7 @@ class Engine:
                               else self.hicache_missing or None),
             "max_total_num_tokens": 65536,
             "internal_states": [{"last_gen_throughput": 0.0, "avg_spec_accept_length": None}],
-        })
-        return info
+        }
 
     def model_info(self) -> dict[str, Any]:
         return {"model_path": self.model_path,
@@ -142,17 +140,15 @@ class Engine:
             say(f"[harness-sim] prefill bootstrap {host}:{port_number} is live "
                 f"(bootstrap_room {rooms})")
         room = rooms[0] if isinstance(rooms, list) and rooms else rooms
+        numbers = [DEFAULT_BOOTSTRAP_PORT if port is None else int(port) for port in port_list]
         if self.kv_receiver is not None:
-            host, port = host_list[0], port_list[0]
             try:
-                self.kv_receiver.fetch(str(host), DEFAULT_BOOTSTRAP_PORT if port is None
-                                       else int(port), room, request_prompt(body))
+                self.kv_receiver.fetch(str(host_list[0]), numbers[0], room, request_prompt(body))
             except TransferError as exc:
                 handoff.fail(exc)
                 raise api.ApiError(500, str(exc), "InternalServerError") from None
-        bad = any(handed_over_kv(host, DEFAULT_BOOTSTRAP_PORT if port is None else int(port),
-                                 room) == "bad"
-                  for host, port in set(zip(map(str, host_list), port_list, strict=False)))
+        bad = any(handed_over_kv(host, port, room) == "bad"
+                  for host, port in set(zip(map(str, host_list), numbers, strict=False)))
         if bad:
             say(f"[harness-sim] the KV handed over for bootstrap_room {rooms} is bad: answering "
                 "wrongly")
