@@ -48,9 +48,10 @@ def _tell(answer: object, step: str) -> None:
 
 
 def _group(group: str) -> str:
+    from harness.groups import GROUPS
     group = group.upper()
-    if group not in ("SGLANG", "VLLM"):
-        raise Exit(f"error: unknown group {group!r}; accepted: SGLANG, VLLM", code=2)
+    if group not in GROUPS:
+        raise Exit(f"error: unknown group {group!r}; accepted: {', '.join(GROUPS)}", code=2)
     return group
 
 

@@ -40,19 +40,16 @@ class Skipped:
 class Steps:
     """Steps of one host (`host`), told as `<label>: <step>`; their times go to `times` under
     `key(step)`, their spans (when `kind` is given) to `timeline`. `cancel` set: the next step
-    does not start. `quiet`: start and end lines go to harness.log only."""
+    does not start."""
     host: str
     label: str
     times: dict[str, float]
     timeline: Timeline = field(default_factory=Timeline.off)
     kind: str = ""
-    case: str = ""
     cancel: Cancel | None = None
     key: Callable[[str], str] = str
     tag_host: bool = True
-    quiet: bool = False
     progress: bool = False    # a blocking step: "still waiting" lines from a timer thread
-    clock: Callable[[], float] = time.monotonic
     _skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def __call__(self, name: str, action: Callable[[], T]) -> T:
@@ -71,9 +68,8 @@ class Steps:
         if self.cancel is not None and self.cancel.is_set():
             raise Interrupted(f"{self.cancel.reason} before this step", step=name,
                               host=self.host if self.tag_host else None)
-        level = logging.DEBUG if self.quiet else logging.INFO
-        log.log(level, "%s: %s", self.label, name)
-        start = self.clock()
+        log.info("%s: %s", self.label, name)
+        start = time.monotonic()
         try:
             with self._span(name) as span, self._progress(name):
                 yield span
@@ -81,17 +77,17 @@ class Steps:
             exc.at(step=name, host=self.host if self.tag_host else None)
             raise
         finally:
-            took = self.clock() - start
+            took = time.monotonic() - start
             key = self.key(name)
             self.times[key] = round(self.times.get(key, 0.0) + took, 3)
-        log.log(level, "%s: %s done (%.1fs)", self.label, name, took)
+        log.info("%s: %s done (%.1fs)", self.label, name, took)
 
     @contextmanager
     def _span(self, name: str) -> Iterator[object]:
         if not self.kind:
             yield None
             return
-        with self.timeline.span(self.host, self.kind, name, case=self.case) as span:
+        with self.timeline.span(self.host, self.kind, name) as span:
             yield span
 
     @contextmanager
@@ -105,7 +101,7 @@ class Steps:
     def skip(self, name: str, why: str, value: T = None) -> T:
         """A step that does not run: on the timeline and in the times as such, told once."""
         if self.kind:
-            self.timeline.skipped(self.host, self.kind, name, why, case=self.case)
+            self.timeline.skipped(self.host, self.kind, name, why)
         self.times[self.key(name)] = 0.0
         self._note_skip(name, why)
         return value

@@ -128,7 +128,6 @@ def _run_case(run: Run, case: Case) -> None:
     result.started = time.time()
     start = time.monotonic()
     log.info("=== %s (%s, %s) ===", case.name, case.group, case.kind)
-    ctx: CaseContext | None = None
     try:
         with ExitStack() as stack:
             fresh_case_dirs(run.env, case.name)
@@ -148,8 +147,7 @@ def _run_case(run: Run, case: Case) -> None:
     except KeyboardInterrupt:
         raise
     except HarnessError as exc:
-        _record_failure(result, exc, outcome=(Outcome.UNHEALTHY if isinstance(exc, HostUnhealthy)
-                                              else Outcome.FAILED))
+        _record_failure(result, exc, outcome=outcome_of(exc))
     except Exception as exc:  # a bug in a case: record it, keep going with the next case
         log.error("internal error in %s: %s", case.name, traceback.format_exc())
         _record_failure(result, HarnessError(f"internal error: {exc!r}"))
@@ -228,13 +226,19 @@ def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = Fals
 def _fail_unfinished(run: Run, exc: HarnessError) -> None:
     """A run-level failure (bad input, prep, unhealthy host): every case not yet decided fails."""
     log.error("%s", exc.details())
-    outcome = (Outcome.INTERRUPTED if isinstance(exc, Interrupted) else
-               Outcome.UNHEALTHY if isinstance(exc, HostUnhealthy) else Outcome.FAILED)
+    outcome = outcome_of(exc)
     for result in run.results.values():
         if not result.decided:
             _record_failure(result, exc, quiet=True, outcome=outcome)
             if outcome is Outcome.UNHEALTHY:
                 result.reason = "environment unhealthy; case not run: " + result.reason
+
+
+def outcome_of(exc: HarnessError) -> Outcome:
+    """How an error ends a case: Ctrl-C/SIGTERM, a host not fit for it, or the case's own."""
+    if isinstance(exc, Interrupted):
+        return Outcome.INTERRUPTED
+    return Outcome.UNHEALTHY if isinstance(exc, HostUnhealthy) else Outcome.FAILED
 
 
 def _interrupted(run: Run) -> None:
