@@ -11,7 +11,8 @@ Runs inside the SGLang container, with the image's HiCache tests on PYTHONPATH
    --hicache-storage-backend mooncake --mem-fraction-static 0.8` (the mixin's default
    mem fraction, 0.6, is too small for these models on the CI GPUs) and the MOONCAKE_* env;
 3. runs the mixin's tests (and, for the accuracy class, GSM8K across a cache flush);
-4. stops the server, then the two Mooncake processes it started (by PID, whole group).
+4. stops the server, then signals the two Mooncake processes it started (by PID, whole
+   group); the module's teardown waits for them (bounded, then SIGKILL).
 
 Service logs go to $HARNESS_PAYLOAD_LOG_DIR (the case's log dir, when the harness sets it)
 or to a temporary directory that is removed afterwards.
@@ -172,26 +173,47 @@ class MooncakeServices:
               f"{self.metadata_url}", flush=True)
 
     def stop(self) -> None:
-        """SIGTERM each service's process group, wait (bounded), then SIGKILL."""
+        """SIGTERM each service's process group; `reap_stopped` waits for them.
+
+        A master that has served a client takes about a second to exit (its background
+        threads sleep a second between rounds): the next class starts meanwhile, on its own
+        ports, instead of waiting."""
         for service, (process, _log) in reversed(list(self.processes.items())):
             if process.poll() is None:
                 try:
                     os.killpg(process.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-            try:
-                process.wait(timeout=SERVICE_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                process.wait(timeout=SERVICE_STOP_TIMEOUT_S)
-            print(f"[mooncake] stopped {service} pid={process.pid} "
-                  f"(exit {process.returncode})", flush=True)
+            _STOPPING.append((service, process))
         self.processes.clear()
         if self.owns_log_dir:
-            shutil.rmtree(self.log_dir, ignore_errors=True)
+            _STOPPING_DIRS.append(self.log_dir)
+
+
+_STOPPING = []  # (service, Popen) told to stop, not yet waited for
+_STOPPING_DIRS = []  # temporary log dirs to remove once their services are gone
+
+
+def reap_stopped() -> None:
+    """Wait (bounded) for every service told to stop, SIGKILL what outlives the wait."""
+    while _STOPPING:
+        service, process = _STOPPING.pop(0)
+        try:
+            process.wait(timeout=SERVICE_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=SERVICE_STOP_TIMEOUT_S)
+        print(f"[mooncake] stopped {service} pid={process.pid} (exit {process.returncode})",
+              flush=True)
+    while _STOPPING_DIRS:
+        shutil.rmtree(_STOPPING_DIRS.pop(), ignore_errors=True)
+
+
+def tearDownModule():  # noqa: N802 (unittest's name; pytest calls it too)
+    reap_stopped()
 
 
 class HiCacheStorageMooncakeBackendBaseMixin(HiCacheStorageBaseMixin):
