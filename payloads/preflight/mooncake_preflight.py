@@ -1,15 +1,24 @@
 """Mooncake pre-flight (SPEC §11): two TransferEngines move a ladder of sizes both ways and
-check every byte, before any model is loaded. Runs where the engines run (the container, or
-the host), with the Python that has Mooncake: standard library, plus PyTorch for GPU memory.
+check every byte, and a Mooncake store puts on one side and gets on the other, before any model
+is loaded. Runs where the engines run (the container, or the host), with the Python that has
+Mooncake: standard library, plus PyTorch for GPU memory.
 
     python3 mooncake_preflight.py [--host H] [--protocol tcp|rdma] [--memory auto|gpu|cpu]
-                                  [--sizes 4096,1048576,...] [--break-registration]
+                                  [--sizes 4096,1048576,...] [--target H:P]
+                                  [--store MASTER_HOST:RPC_PORT --metadata URL]
+                                  [--break-registration]
+    python3 mooncake_preflight.py --role target --host H --control-port P [--log-file F] ...
 
-This process (the initiator) starts the target engine in a child process (`--role target`),
-registers a buffer on each side (GPU memory when there is a GPU and PyTorch sees it), writes
-each size to the target and reads it back, and compares SHA-256 digests taken on both sides.
+The target (its own process: on the other host, or a child of the initiator when `--target`
+is not given) registers a buffer (GPU memory when there is a GPU and PyTorch sees it), prints
+one JSON line saying where it is, and answers the initiator's JSON-line questions on its
+control port (digest, fill, store put, its last Mooncake error). The initiator writes each size
+to the target, reads it back, and compares SHA-256 digests taken on both sides; with `--store`
+the target puts a value through the `mooncake_master` and the initiator gets it.
 The last line on stdout is one JSON object: the build, protocol, memory kind and, per size,
-GB/s and latency each way; or `{"ok": false, "error": ...}` naming what failed. Exit 0 / 1.
+GB/s and latency each way (and the store's put/get); or `{"ok": false, "error": ...}` naming
+what failed (`"stage": "import"` when Mooncake itself does not load). Exit 0 / 1, without
+Mooncake's slow teardown (`leave`).
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -26,10 +37,24 @@ import time
 DEFAULT_SIZES = (4096, 1 << 20, 64 << 20, 1 << 30)
 PACKAGES = ("mooncake-transfer-engine", "mooncake-transfer-engine-cuda13",
             "mooncake-transfer-engine-non-cuda")
+CPU_PIP_LINE = "pip install mooncake-transfer-engine-non-cuda"
+# The Debian/Ubuntu package that provides each shared library Mooncake's builds load.
+LIBRARY_PACKAGES = {"libibverbs.so.1": "libibverbs1", "libmlx5.so.1": "ibverbs-providers",
+                    "libnl-3.so.200": "libnl-3-200", "libnl-route-3.so.200": "libnl-route-3-200",
+                    "libnuma.so.1": "libnuma1", "libjsoncpp.so.25": "libjsoncpp25",
+                    "libcuda.so.1": "the NVIDIA driver (libcuda1 / a GPU host)"}
+STORE_BYTES = 1 << 20
+STORE_SEGMENT = 64 << 20
+CONNECT_S = 30.0
+KEEP = []  # Mooncake objects never torn down, alive until the process ends: see leave()
 
 
 class Failed(Exception):
-    """What failed, said in one line."""
+    """What failed, said in one line; `stage` "import" when Mooncake itself does not load."""
+
+    def __init__(self, message: str, stage: str = "transfer") -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 def build() -> str:
@@ -95,12 +120,26 @@ def memory_kind(asked: str) -> str:
         return "cpu"
 
 
+def cannot_load(module: str, exc: BaseException) -> "Failed":
+    """Why `module` does not import, said so that the fix follows: a missing shared library
+    names the package that provides it, a missing module the pip line; both name the build."""
+    text = f"{type(exc).__name__}: {exc}"
+    missing = re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open shared object file", text)
+    if missing:
+        package = LIBRARY_PACKAGES.get(missing[1], "the package that provides it")
+        fix = f"the system library {missing[1]} is missing: install {package}"
+    elif isinstance(exc, ModuleNotFoundError):
+        fix = f"Mooncake is not installed for {sys.executable}: {CPU_PIP_LINE} (or the CUDA build)"
+    else:
+        fix = "see the error"
+    return Failed(f"{module} cannot load ({build()}): {text}; {fix}", stage="import")
+
+
 def start_engine(host: str, protocol: str):
     try:
         from mooncake.engine import TransferEngine
     except Exception as exc:  # noqa: BLE001 (ImportError, a missing libcuda or libibverbs)
-        raise Failed(f"mooncake.engine does not import ({build()}): "
-                     f"{type(exc).__name__}: {exc}") from None
+        raise cannot_load("mooncake.engine", exc) from None
     engine = TransferEngine()
     code = engine.initialize(host, "P2PHANDSHAKE", protocol, "")
     if code != 0:
@@ -108,22 +147,82 @@ def start_engine(host: str, protocol: str):
     return engine
 
 
+def open_store(args: argparse.Namespace):
+    """A store client of the `mooncake_master` at --store, its segment mounted."""
+    try:
+        from mooncake.store import MooncakeDistributedStore
+    except Exception as exc:  # noqa: BLE001
+        raise cannot_load("mooncake.store", exc) from None
+    store = MooncakeDistributedStore()
+    code = store.setup(args.host, args.metadata, STORE_SEGMENT, STORE_SEGMENT, args.protocol, "",
+                       args.store)
+    if code != 0:
+        raise Failed(f"store setup on {args.host} with master {args.store} and metadata "
+                     f"{args.metadata} returned {code}")
+    return store
+
+
 # --- the target: an engine and a buffer, answering the initiator's questions -----------------
 def target(args: argparse.Namespace) -> int:
     engine = start_engine(args.host, args.protocol)
+    KEEP.append(engine)
     buffer = Buffer(engine, max(args.sizes), args.memory)
     buffer.register(broken=args.break_registration)
-    say({"session": f"{args.host}:{engine.get_rpc_port()}", "address": buffer.address})
-    for line in sys.stdin:
-        command = json.loads(line)
-        if command["do"] == "digest":
-            say({"digest": buffer.digest(command["length"])})
-        elif command["do"] == "fill":
-            buffer.fill(command["length"], command["seed"])
-            say({"filled": command["length"]})
-        else:
-            break
+    listener = socket.create_server((args.host, args.control_port))
+    hello = {"session": f"{args.host}:{engine.get_rpc_port()}", "address": buffer.address,
+             "control": f"{args.host}:{listener.getsockname()[1]}", "build": build(),
+             "memory": args.memory}
+    say(hello)
+    connection, _ = listener.accept()
+    with connection, connection.makefile("rw") as channel:
+        channel.write(json.dumps(hello) + "\n")
+        channel.flush()
+        for line in channel:
+            answer = answer_to(json.loads(line), buffer, args)
+            if answer is None:
+                break
+            channel.write(json.dumps(answer) + "\n")
+            channel.flush()
     return 0
+
+
+def answer_to(command: dict, buffer: Buffer, args: argparse.Namespace) -> dict | None:
+    try:
+        if command["do"] == "digest":
+            return {"digest": buffer.digest(command["length"])}
+        if command["do"] == "fill":
+            buffer.fill(command["length"], command["seed"])
+            return {"filled": command["length"]}
+        if command["do"] == "put":
+            return store_put(args, command["key"], command["length"])
+        if command["do"] == "last_error":
+            return {"error": last_error(args.log_file)}
+    except Failed as exc:
+        return {"failed": str(exc)}
+    return None
+
+
+def store_put(args: argparse.Namespace, key: str, length: int) -> dict:
+    store = open_store(args)
+    value = pattern_bytes(length, seed=length + 2)
+    started = time.perf_counter()
+    code = store.put(key, value)
+    took = time.perf_counter() - started
+    if code != 0:
+        raise Failed(f"store put of {length} bytes on {args.host} returned {code}")
+    KEEP.append(store)  # its segment must outlive the initiator's get
+    return {"digest": hashlib.sha256(value).hexdigest(), "put_ms": round(took * 1e3, 3)}
+
+
+def last_error(log_file: str) -> str:
+    """The last Mooncake error line (glog's `E...] message`) of a log, "" when none."""
+    try:
+        with open(log_file, errors="replace") as log:
+            lines = log.read().splitlines()
+    except (OSError, TypeError):
+        return ""
+    errors = [line.split("] ", 1)[-1] for line in lines if re.match(r"E\d{4} ", line)]
+    return errors[-1] if errors else ""
 
 
 def say(data: dict) -> None:
@@ -132,45 +231,74 @@ def say(data: dict) -> None:
 
 # --- the initiator -----------------------------------------------------------------------------
 class Peer:
+    """The target, over its control port: started here as a child (`--target` not given), or
+    already running on the other host."""
+
     def __init__(self, args: argparse.Namespace) -> None:
-        argv = [sys.executable, os.path.abspath(__file__), "--role", "target", "--host",
-                args.host, "--protocol", args.protocol, "--memory", args.memory,
-                "--sizes", ",".join(map(str, args.sizes))]
-        if args.break_registration:
-            argv.append("--break-registration")
-        self.log = tempfile.TemporaryFile()  # its Mooncake log: the reason a transfer failed
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.log, text=True)
+        self.proc = None
+        address = args.target or self._start_child(args)
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + CONNECT_S
+        while True:
+            try:
+                self.sock = socket.create_connection((host, int(port)), timeout=CONNECT_S)
+                break
+            except OSError as exc:
+                if time.monotonic() > deadline:
+                    raise Failed(f"the target's control port {address} does not answer: "
+                                 f"{exc}") from None
+                time.sleep(0.1)
+        self.sock.settimeout(None)
+        self.channel = self.sock.makefile("rw")
         self.hello = self.ask(None)
 
-    def last_error(self) -> str:
-        """The target's last Mooncake error line (glog's `E...] message`), "" when none."""
-        self.log.seek(0)
-        lines = self.log.read().decode(errors="replace").splitlines()
-        errors = [line.split("] ", 1)[-1] for line in lines if line.startswith("E")]
-        return errors[-1] if errors else ""
+    def _start_child(self, args: argparse.Namespace) -> str:
+        self.log = tempfile.NamedTemporaryFile(prefix="preflight-target-", suffix=".log")
+        argv = [sys.executable, os.path.abspath(__file__), "--role", "target", "--host",
+                args.host, "--protocol", args.protocol, "--memory", args.memory,
+                "--sizes", ",".join(map(str, args.sizes)), "--control-port", "0",
+                "--log-file", self.log.name]
+        if args.store:
+            argv += ["--store", args.store, "--metadata", args.metadata]
+        if args.break_registration:
+            argv.append("--break-registration")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True)
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                hello = json.loads(line)
+                if "control" in hello:
+                    return hello["control"]
+                raise Failed(f"the target failed: {hello.get('error')}")
+        raise Failed(f"the target engine exited with status {self.proc.wait()}")
 
     def ask(self, command: dict | None) -> dict:
         if command is not None:
-            self.proc.stdin.write(json.dumps(command) + "\n")
-            self.proc.stdin.flush()
-        while True:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise Failed(f"the target engine exited with status {self.proc.wait()}")
-            if line.startswith("{"):
-                return json.loads(line)
+            self.channel.write(json.dumps(command) + "\n")
+            self.channel.flush()
+        line = self.channel.readline()
+        if not line:
+            raise Failed("the target closed its control connection (it exited?)")
+        answer = json.loads(line)
+        if "failed" in answer:
+            raise Failed(f"the target: {answer['failed']}")
+        return answer
 
     def close(self) -> None:
-        self.log.seek(0)
-        sys.stderr.write(self.log.read().decode(errors="replace"))  # kept with ours
-        if self.proc.poll() is None:
-            self.proc.stdin.close()
+        try:
+            self.channel.write(json.dumps({"do": "quit"}) + "\n")
+            self.channel.flush()
+            self.sock.close()
+        except OSError:
+            pass
+        if self.proc is not None:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+            self.log.seek(0)
+            sys.stderr.write(self.log.read().decode(errors="replace"))  # kept with ours
 
 
 def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
@@ -183,7 +311,7 @@ def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
         code = call(session, buffer.address, remote, size)
         took = time.perf_counter() - started
         if code != 0:
-            said = peer.last_error()
+            said = peer.ask({"do": "last_error"})["error"]
             raise Failed(f"{verb} of {size} bytes with {session} returned {code}"
                          + (f"; the target said: {said}" if said else ""))
         if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
@@ -199,18 +327,40 @@ def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
     return rows
 
 
+def store_check(args: argparse.Namespace, peer: Peer) -> dict:
+    """The target puts a value through the master; this side gets it and checks it."""
+    key = f"harness-preflight-{os.getpid()}-{time.time_ns()}"
+    put = peer.ask({"do": "put", "key": key, "length": STORE_BYTES})
+    store = open_store(args)
+    started = time.perf_counter()
+    value = store.get(key)
+    took = time.perf_counter() - started
+    if not value:
+        raise Failed(f"store get of {key!r} (put by {peer.hello['session']}) found nothing")
+    if hashlib.sha256(value).hexdigest() != put["digest"]:
+        raise Failed(f"store get of {key!r}: the {len(value)} bytes arrived changed")
+    store.remove(key)
+    KEEP.append(store)  # no teardown at the end of this function: see leave()
+    return {"bytes": STORE_BYTES, "put_ms": put["put_ms"], "get_ms": round(took * 1e3, 3),
+            "master": args.store}
+
+
 def initiator(args: argparse.Namespace) -> int:
     result = {"build": build(), "protocol": args.protocol, "memory": args.memory,
               "host": args.host}
     peer = None
     try:
         engine = start_engine(args.host, args.protocol)
+        KEEP.append(engine)  # no teardown when this function returns: see leave()
         buffer = Buffer(engine, max(args.sizes), args.memory)
         buffer.register()
         peer = Peer(args)
-        result.update(ok=True, sizes=ladder(engine, buffer, peer, args.sizes))
+        result.update(ok=True, target=peer.hello["session"],
+                      sizes=ladder(engine, buffer, peer, args.sizes))
+        if args.store:
+            result["store"] = store_check(args, peer)
     except Failed as exc:
-        result.update(ok=False, error=str(exc))
+        result.update(ok=False, error=str(exc), stage=exc.stage)
     finally:
         if peer is not None:
             peer.close()
@@ -226,6 +376,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", choices=("auto", "gpu", "cpu"), default="auto")
     parser.add_argument("--sizes", type=lambda text: [int(s) for s in text.split(",")],
                         default=list(DEFAULT_SIZES))
+    parser.add_argument("--target", help="HOST:PORT of a running target's control port")
+    parser.add_argument("--control-port", type=int, default=0, help="target: its control port")
+    parser.add_argument("--log-file", help="target: the file its output goes to")
+    parser.add_argument("--store", help="HOST:RPC_PORT of a mooncake_master: check put/get")
+    parser.add_argument("--metadata", help="the master's HTTP metadata URL (with --store)")
     parser.add_argument("--break-registration", action="store_true",
                         help="the target registers only the first byte of its GPU buffer")
     args = parser.parse_args(argv)
@@ -233,9 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return target(args) if args.role == "target" else initiator(args)
     except Failed as exc:
-        say({"ok": False, "error": str(exc)})
+        say({"ok": False, "error": str(exc), "stage": exc.stage})
         return 1
 
 
+def leave(code: int) -> None:
+    """Exit without Mooncake's teardown: its engine and store threads are joined one by one,
+    each after up to a second's sleep (5 s with a store), and these processes, like the
+    pre-flight's master, are thrown away anyway."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())
