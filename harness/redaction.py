@@ -7,8 +7,11 @@ token`; every value the harness learns is remembered here (`remember`), so that:
   the secret variables, and without any other variable that carries a remembered value;
 - `scrub` masks remembered values anywhere in a text (a bare token, not only after `Bearer `);
 - `SecretFilter`, installed on the log handlers, passes every log record through `scrub`;
-- `url_without_credentials` keeps `user:password@` and `?token=...` out of what is written,
-  and `remember_url_credentials` treats those parts of a setting's URL as secrets too.
+- `url_without_credentials` is the one policy for URLs in what is written (settings, .shrc,
+  the wheel's messages and logs): `user:password@` dropped, the value of every credential-like
+  query or fragment parameter (`?sig=`, `&token=`, `X-Amz-Signature=`) masked, everything else
+  kept as it was, so a reader can still tell which URL it was; `remember_url_credentials`
+  treats those parts of a setting's URL as secrets too.
 """
 from __future__ import annotations
 
@@ -17,15 +20,21 @@ import os
 import re
 import threading
 from typing import Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 # Variables that hold a GitHub token (the harness's own two, and the GitHub CLI's others).
 SECRET_ENV_NAMES = ("GITHUB_TOKEN", "GH_TOKEN", "GH_ENTERPRISE_TOKEN", "GITHUB_ENTERPRISE_TOKEN")
 MASK = "***"
 # Shorter values are not masked in free text: they would shred ordinary words.
 MIN_SECRET_LEN = 6
-# Query parameters whose value is a credential (pre-signed URLs, API keys).
-_SECRET_QUERY = re.compile(r"(?i)(token|key|sig|signature|secret|password|auth|credential)")
+# An http(s) URL's `user:password@` (up to the last @ before the path), in any text.
+_USERINFO = re.compile(r"(?i)(?P<scheme>https?://)(?P<userinfo>[^\s'\"<>/?#]*)@")
+# A query or fragment parameter whose name says its value is a credential (pre-signed URLs,
+# API keys): `?sig=...`, `&X-Amz-Signature=...`, `#access_token=...`; in a URL or in free text
+# (an error message quotes a path and its query without the host).
+_SECRET_PARAM = re.compile(r"(?i)(?P<name>[?&#][^=&#?\s'\"<>]*"
+                           r"(?:token|key|sig|signature|secret|password|auth|credential)"
+                           r"[^=&#?\s'\"<>]*=)(?P<value>[^&#\s'\"<>()]*)")
 
 _known: set[str] = set()
 _known_lock = threading.Lock()
@@ -46,14 +55,14 @@ def remember_environ(environ: Mapping[str, str] | None = None) -> None:
 
 
 def remember_url_credentials(text: str) -> None:
-    """Remember the password and the credential-like query values of every URL in `text`
-    (a MOONCAKE_WHEEL such as https://user:pass@host/w.whl?token=...)."""
-    for url in re.findall(r"(?i)https?://\S+", text or ""):
-        parts = urlsplit(url)
-        remember(parts.password)
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if _SECRET_QUERY.search(key):
-                remember(value)
+    """Remember the password of every URL in `text` and every credential-like parameter's
+    value (a MOONCAKE_WHEEL such as https://user:pass@host/w.whl?token=...), as written and
+    decoded."""
+    for match in _USERINFO.finditer(text or ""):
+        remember(match["userinfo"].partition(":")[2])
+    for match in _SECRET_PARAM.finditer(text or ""):
+        remember(match["value"])
+        remember(unquote_plus(match["value"]))
 
 
 def known_secrets() -> list[str]:
@@ -78,19 +87,12 @@ def child_environ(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def url_without_credentials(value: str) -> str:
-    """An http(s) URL without `user:password@` and with credential-like query values masked;
-    anything else unchanged."""
-    if not re.match(r"(?i)https?://", value.strip()):
-        return value
-    parts = urlsplit(value.strip())
-    netloc = parts.netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, MASK if _SECRET_QUERY.search(k) else v) for k, v in pairs],
-                          safe="*")
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+def url_without_credentials(text: str) -> str:
+    """`text` (a URL, a message quoting URLs, a pip requirement) with every http(s) URL's
+    `user:password@` dropped and every credential-like parameter's value masked; the rest
+    as it was (what a reader needs to tell which URL it was)."""
+    text = _USERINFO.sub(r"\g<scheme>", text)
+    return _SECRET_PARAM.sub(lambda m: m["name"] + MASK, text)
 
 
 class SecretFilter(logging.Filter):

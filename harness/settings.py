@@ -292,9 +292,7 @@ class Settings:
 def _shown(value: str) -> str:
     """A setting's value fit to be written or printed: credentials inside URLs (MOONCAKE_WHEEL,
     an index URL) and any remembered secret masked."""
-    value = re.sub(r"(?i)https?://\S+",
-                   lambda m: redaction.url_without_credentials(m.group(0)), value)
-    return redaction.scrub(value)
+    return redaction.scrub(redaction.url_without_credentials(value))
 
 
 def _require_seconds(name: str, value: float, *, minimum_ok: bool) -> None:

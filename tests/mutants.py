@@ -45,8 +45,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
                            "router_ready", "start_all", "wait_all"),
     "harness/waiting.py": ("wait_until", "fan_out"),
     # the token: where it comes from, and that it is masked wherever it could be written
-    "harness/prep/wheel.py": ("redact", "redact_url", "resolve_token", "gh_hostname",
-                              "gh_cli_token"),
+    "harness/prep/wheel.py": ("redact", "resolve_token", "gh_hostname", "gh_cli_token"),
     "harness/redaction.py": ("*",),
     # settings validation
     "harness/settings.py": ("Settings.from_env", "Settings.validate", "_parse", "_require_*"),

@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator, Literal
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -118,23 +118,13 @@ def resolve_token(settings: Settings, *, gh_lookup: GhLookup | None = None,
     return Token(value, "the GitHub CLI login (gh auth token)") if value else None
 
 
-def redact_url(url: str) -> str:
-    """A URL fit for a message: no user:password, no query (pre-signed URLs carry secrets there)."""
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, netloc, parts.path, "…" if parts.query else "", ""))
-
-
 def redact(text: str, token: Token | None = None) -> str:
-    """`text` with tokens masked (the bare value anywhere, and whatever follows `Bearer ` or
-    `token=`), URLs redacted and query strings dropped."""
-    text = redaction.scrub(text, (token.value,) if token and token.value else ())
-    text = re.sub(r"https?://[^\s'\"<>]+", lambda m: redact_url(m.group(0)), text)
-    text = re.sub(r"\?[^\s'\"()]+", "?…", text)
-    text = re.sub(r"(?i)\b(bearer\s+|token[=:]\s*)[^\s'\"]+", r"\1***", text)
-    if token and token.value:
-        text = text.replace(token.value, "***")
-    return text
+    """`text` fit for a message or a log line: the token and every remembered secret masked
+    (the bare value anywhere, and whatever follows `Bearer ` or `token=`), and URLs as
+    harness.redaction's one policy shows them (no user:password, credential values masked)."""
+    text = redaction.scrub(text, (token.value,) if token else ())
+    text = redaction.url_without_credentials(text)
+    return re.sub(r"(?i)\b(bearer\s+|token[=:]\s*)[^\s'\"]+", r"\1***", text)
 
 
 def artifact_http_error(status: int, artifact_id: str, repo: str, token: Token | None,
@@ -248,7 +238,7 @@ def _fetch_artifact(settings: Settings, whl_dir: Path, get: Downloader,
     if token:
         headers["Authorization"] = f"Bearer {token.value}"
     what = f"artifact {artifact_id} of {repo}"
-    log.info("fetching the wheel from %s at %s (%s)", what, redact_url(api),
+    log.info("fetching the wheel from %s at %s (%s)", what, redact(api),
              f"token from {token.source}" if token else "no token")
     with _temp_file(whl_dir, ".zip") as zip_path:
         get.fetch(url, zip_path, headers, what,
@@ -259,7 +249,7 @@ def _fetch_artifact(settings: Settings, whl_dir: Path, get: Downloader,
 
 
 def _fetch_url(url: str, whl_dir: Path, get: Downloader) -> Path:
-    shown = redact_url(url)
+    shown = redact(url)
     name = PurePosixPath(unquote(urlsplit(url).path)).name
     if not name.lower().endswith((".whl", ".zip")):
         raise WheelError(f"MOONCAKE_WHEEL URL must name a .whl or .zip file: {shown}")
