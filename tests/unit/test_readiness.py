@@ -154,15 +154,18 @@ def test_a_hang_times_out_naming_what_was_awaited(node, servers):
 
 def test_a_line_needed_twice_is_not_enough_once(node, servers):
     twice = LogLines(((r"worker \d ok", 2),), 1.0)
-    once = make(node, servers, "once", "echo 'worker 1 ok'; exec sleep 60", [twice])
+    once = make(node, servers, "once", "echo 'worker 1 ok'; exec sleep 60", [twice]).start()
+    assert wait_for(lambda: "worker 1 ok" in log_text(once), 10)   # written before the wait
     with pytest.raises(NotReady) as err:
-        once.start().wait_ready()
+        once.wait_ready()
     assert err.value.last_error == r"seen /worker \d ok/ 1/2"
     assert err.value.awaited == r"/worker \d ok/ x2"
     three = LogLines(((r"worker \d ok", 2), ("loaded", 1)), 0.3)
+    three_server = make(node, servers, "three", "echo 'worker 1 ok'; exec sleep 60",
+                        [three]).start()
+    assert wait_for(lambda: "worker 1 ok" in log_text(three_server), 10)
     with pytest.raises(NotReady) as err:
-        make(node, servers, "three", "echo 'worker 1 ok'; exec sleep 60", [three]).start(
-        ).wait_ready()
+        three_server.wait_ready()
     assert err.value.last_error == r"seen /worker \d ok/ 1/2, /loaded/ 0/1"
     both = make(node, servers, "both", "echo 'worker 1 ok'; echo 'worker 2 ok'; exec sleep 60",
                 [twice])

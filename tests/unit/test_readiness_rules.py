@@ -16,8 +16,8 @@ from harness.servers.server import (APP_STARTUP, AnyOf, HttpOk, LogLines, OwnsPo
                                     app_startup_ready,
                                     log_line, router_ready, start_all, wait_all)
 from harness.waiting import Cancel
-from tests.simproc import free_port
-from tests.unit.test_readiness import LONG_S, REPORTED_S, make
+from tests.simproc import free_port, wait_for
+from tests.unit.test_readiness import LONG_S, REPORTED_S, log_text, make
 
 
 ACTIVATED = "Activated 1 worker(s) (marked as healthy)"
@@ -74,8 +74,12 @@ def test_router_whose_port_is_held_by_another_process_is_not_ready(node, servers
         rules = router_ready(1, 1.0)
         router = make(node, servers, "router", router_script(port, 1, listen=False), rules,
                       port=port)
+        router.start()
+        # its lines are written before the wait (a loaded machine must not time out the first
+        # rule instead): what is left to fail is the port
+        assert wait_for(lambda: TOKENIZER in log_text(router), 10)
         with pytest.raises(NotReady) as err:
-            router.start().wait_ready()
+            router.wait_ready()
     finally:
         foreign.close()
     assert err.value.awaited == "its own process listening on its port"
@@ -86,8 +90,10 @@ def test_the_workers_must_all_be_activated(node, servers):
     port = free_port()
     router = make(node, servers, "router", router_script(port, 1, listen=True),
                   router_ready(2, 1.0), port=port)
+    router.start()
+    assert wait_for(lambda: TOKENIZER in log_text(router), 10)
     with pytest.raises(NotReady) as err:
-        router.start().wait_ready()
+        router.wait_ready()
     assert "seen /Activated" in err.value.last_error and "1/2" in err.value.last_error
     assert "ConnectionError" in err.value.last_error or "HTTP" in err.value.last_error
 
