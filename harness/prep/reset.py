@@ -270,7 +270,7 @@ def _kill_owned(node: Node, gpu: GpuMemory, groups: set[int], report: ResetRepor
     holding = gpu.processes()
     scope = kill_scope(node, groups) if holding else KillScope("no process holds GPU memory", list)
     report.scope = scope.what
-    owned = set(scope.owned([p.pid for p in holding])) if holding else set()
+    owned = set(scope.owned([p.pid for p in holding]))
     report.killed = [p for p in holding if p.pid in owned]
     report.left_alone = [p for p in holding if p.pid not in owned]
     for proc in report.left_alone:

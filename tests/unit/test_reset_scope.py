@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 from harness.prep import gpu as g
-from harness.hosts.local import LocalHost
+from harness.prep import reset as reset_mod
+from harness.errors import CommandFailed
+from harness.hosts.local import Completed, LocalHost
 from harness.hosts.nodes import HostNode
 from harness.prep.reset import (ProcFacts, ResetReport, _kill_owned, is_run_process, kill_scope,
                                 parse_facts, recorded_groups, run_processes)
@@ -216,3 +218,85 @@ def test_cgroup_check_refuses_a_short_container_id():
     with pytest.raises(Exception, match="refusing"):
         g.cgroup_processes(LocalHost(), [os.getpid()], "abcdef01234")     # 11 characters
     assert g.cgroup_processes(LocalHost(), [os.getpid()], "abcdef012345") == []  # 12: checked
+
+
+# --- reading the facts through a host: bounded, and a failed read owns nothing -----------------
+class RecordingHost(LocalHost):
+    """This machine, keeping each command's timeout; `fail_with` makes every command exit with
+    that status after `partial` output (an SSH link that broke half-way), as a host does: a
+    CommandFailed when the caller asked for a check, else the failed result."""
+
+    def __init__(self, fail_with: int | None = None, partial: str = "") -> None:
+        super().__init__()
+        self.fail_with, self.partial = fail_with, partial
+        self.timeouts: list[float | None] = []
+
+    def run(self, argv, *, env=None, timeout=None, cwd=None, check=True):
+        self.timeouts.append(timeout)
+        if self.fail_with is None:
+            return super().run(argv, env=env, timeout=timeout, cwd=cwd, check=check)
+        if check:
+            raise CommandFailed(argv, self.fail_with, self.partial, host=self.name)
+        return Completed(list(argv), self.fail_with, self.partial)
+
+
+def test_reading_the_facts_is_bounded_in_time(tmp_path, started):
+    """On a remote host a hung `bash` must not hang the reset: the read has a time limit."""
+    host = RecordingHost()
+    ours = sleeper(started)
+    assert run_processes(host, [ours.pid], tmp_path / "run", {ours.pid}) == [ours.pid]
+    assert host.timeouts == [g.SMI_TIMEOUT_S]
+
+
+def test_a_facts_read_that_fails_owns_nothing_and_does_not_raise(tmp_path):
+    """The connection broke after the first line: what did come is not enough to own a PID,
+    and the reset goes on to its second drain wait (which says what was left) instead of
+    failing here."""
+    host = RecordingHost(fail_with=255, partial=f"root\t{tmp_path / 'run'}\n")
+    assert run_processes(host, [os.getpid()], tmp_path / "run", set()) == []
+    assert host.timeouts == [g.SMI_TIMEOUT_S]
+
+
+@pytest.mark.parametrize("run_dir", ["/ci/run-X", "/ci/run-X/", "/ci/XX/run", "/ci/run_//"])
+def test_any_run_dir_owns_its_own_tree_and_no_sibling(run_dir):
+    base = run_dir.rstrip("/")
+    assert is_run_process(facts(out=f"{base}/logs/c/x.log"), [run_dir])
+    assert is_run_process(facts(err=f"{base}/x.log"), [run_dir])
+    assert not is_run_process(facts(out=f"{base}X/x.log"), [run_dir])
+    assert not is_run_process(facts(out=f"{base[:-1]}/x.log"), [run_dir])
+
+
+def test_a_pid_file_gone_before_it_is_read_is_skipped(tmp_path, monkeypatch):
+    """A server stopping meanwhile removes its PID file between the listing and the read:
+    the other files still count."""
+    node = HostNode(LocalHost(), tmp_path)
+    pids = tmp_path / "run" / "pids" / "case_a"
+    pids.mkdir(parents=True)
+    (pids / "decode.pid").write_text("4242 987654\n")
+    (pids / "prefill.pid").write_text("4343\n")
+    real = reset_mod._find_pid_files
+    monkeypatch.setattr(reset_mod, "_find_pid_files",
+                        lambda host, root: [str(pids / "router.pid"), *real(host, root)])
+    assert recorded_groups(node) == {4242, 4343}
+
+
+def test_what_a_failed_kill_said_is_logged_cut_short(tmp_path, caplog, monkeypatch):
+    """The kill's own words, at most 300 characters of them: a long answer stays one line."""
+    node = HostNode(LocalHost(), tmp_path)
+    said = "kill: (4242) - Operation not permitted " + "x" * 1000
+    monkeypatch.setattr("harness.prep.reset.run_processes", lambda host, pids, *a: list(pids))
+    monkeypatch.setattr(g, "kill_processes", lambda host, pids: Completed(["kill"], 1, said))
+    with caplog.at_level(logging.INFO, logger="harness.prep.reset"):
+        _kill_owned(node, Gpu([4242]), set(), ResetReport("local"))
+    told = [r.getMessage() for r in caplog.records if "kill said" in r.getMessage()]
+    assert told == [f"local: kill said: {said[:300]}"]
+
+
+def test_the_kill_is_bounded_in_time_and_kills(started):
+    """A kill through a hung SSH link must not hang the reset: it has a time limit too."""
+    host = RecordingHost()
+    victim = sleeper(started)
+    done = g.kill_processes(host, [victim.pid])
+    assert done is not None and done.ok
+    assert wait_for(lambda: victim.poll() is not None, 10)
+    assert host.timeouts == [g.SMI_TIMEOUT_S]
