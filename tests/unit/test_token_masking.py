@@ -60,3 +60,7 @@ def test_the_token_is_not_in_the_settings_repr_or_shrc_items():
     assert settings.github_token == secret
     assert secret not in repr(settings) and secret not in str(settings)
     assert all(secret not in value for _, value in settings.env_items())
+
+
+def test_an_empty_token_masks_nothing():
+    assert wheel.redact("GitHub said: no", wheel.Token("", "GITHUB_TOKEN")) == "GitHub said: no"
