@@ -211,28 +211,33 @@ def fan_out(jobs: Sequence[Callable[[Cancel], None]], cancel: Cancel, what: str)
         return
     errors: list[BaseException] = []
     lock = threading.Lock()
+    # Each job says it is done with an Event, not by its thread ending: Python 3.11's
+    # Thread.join, interrupted by Ctrl-C, marks the thread it waited for stopped while it
+    # still runs (its bpo-45274 workaround), so the wait after a cancel would skip that job.
+    finished = [threading.Event() for _ in jobs]
 
-    def run(job: Callable[[Cancel], None]) -> None:
+    def run(job: Callable[[Cancel], None], done: threading.Event) -> None:
         try:
             job(group)
         except BaseException as exc:  # noqa: BLE001 - collected, raised by the caller
             with lock:
                 errors.append(exc)
             group.set(f"cancelled: another job of {what} failed")
+        finally:
+            done.set()
 
-    threads = [threading.Thread(target=run, args=(job,), daemon=True, name=f"{what}-{i}")
-               for i, job in enumerate(jobs)]
-    for thread in threads:
-        thread.start()
+    for i, job in enumerate(jobs):
+        threading.Thread(target=run, args=(job, finished[i]), daemon=True,
+                         name=f"{what}-{i}").start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(POLL_S)
+        for done in finished:
+            while not done.wait(POLL_S):
+                pass
     except BaseException:
         group.set("interrupted")
         deadline = time.monotonic() + JOIN_AFTER_CANCEL_S
-        for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        for done in finished:
+            done.wait(max(0.0, deadline - time.monotonic()))
         raise
     if not errors:
         return
