@@ -19,6 +19,7 @@ import pytest
 
 from harness.errors import NotReady, ServerExited
 from harness.hosts.nodes import local_group_alive
+from harness.results.timeline import Timeline, read_spans
 from harness.servers.server import (SGLANG_READY, AnyOf, HttpOk, LogLines, Server, log_line,
                                     sglang_ready, start_all)
 from tests.simproc import free_port, wait_for
@@ -242,3 +243,48 @@ def test_start_all_reports_a_death_without_waiting_for_the_slow_one(node, server
         start_all([slow, dies])
     assert time.monotonic() - start < REPORTED_S
     assert "dies" in str(err.value) and "status 1" in str(err.value)
+
+
+def test_the_timeline_tells_ready_and_how_a_wait_failed(node, servers, tmp_path):
+    """Each server's span: marked ready when it is; when not, the first line of why."""
+    timeline = Timeline.fresh(tmp_path / "timeline.jsonl", "run-1")
+
+    def server(name: str, script: str, rules) -> Server:
+        made = Server(name, node, ["bash", "-c", script], "case",
+                      node.layout.case_logs("case") / f"{name}.log", rules, timeline=timeline)
+        servers.append(made)
+        return made.start()
+
+    ready = server("ready", f"echo '{READY}'; exec sleep 60", [log_line(READY, LONG_S)])
+    ready.wait_ready()
+    hung = server("hung", "exec sleep 60", [log_line("never printed", 0.3)])
+    with pytest.raises(NotReady) as err:
+        hung.wait_ready()
+    for each in (ready, hung):
+        each.stop(5)
+    spans = {s["name"]: s for s in read_spans(tmp_path / "timeline.jsonl")}
+    assert spans["ready"]["outcome"] == "ok" and spans["ready"]["ready"] is not None
+    assert spans["hung"]["outcome"] == "failed" and spans["hung"]["ready"] is None
+    assert spans["hung"]["detail"] == err.value.message.splitlines()[0]
+    assert "never printed" in spans["hung"]["detail"]
+
+
+def test_a_log_is_followed_even_for_a_server_this_harness_did_not_start(node, servers):
+    """A log rule works on a Server object made for a log that is already being written
+    (follow_log before any start()), counting each line once across polls."""
+    server = make(node, servers, "adopted", "exec sleep 60", [])
+    path = Path(str(node.on_host(server.log)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("worker 1 ok\nworker 2 o")
+    assert server.follow_log([r"worker \d ok"]) == {r"worker \d ok": 1}
+    with open(path, "a") as log:
+        log.write("k\n")
+    assert server.follow_log([r"worker \d ok"]) == {r"worker \d ok": 2}
+
+
+def test_a_server_not_started_here_is_ready_when_its_rules_are_met(node, servers, http_status):
+    """Nothing of the harness's own to be alive: the rules alone decide."""
+    http_status.code = 200
+    elsewhere = make(node, servers, "elsewhere", "exec sleep 60", [HttpOk(http_status.url, 5)])
+    elsewhere.wait_ready()
+    assert elsewhere.proc is None

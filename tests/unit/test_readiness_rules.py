@@ -12,10 +12,10 @@ import time
 import pytest
 
 from harness.errors import Interrupted, NotReady, ServerExited
-from harness.servers.server import (APP_STARTUP, AnyOf, HttpOk, LogLines, OwnsPort,
+from harness.servers.server import (_OWNS_PORT, APP_STARTUP, AnyOf, HttpOk, LogLines, OwnsPort,
                                     app_startup_ready,
                                     log_line, router_ready, start_all, wait_all)
-from harness.waiting import Cancel
+from harness.waiting import Cancel, GroupFailed
 from tests.simproc import free_port, wait_for
 from tests.unit.test_readiness import LONG_S, REPORTED_S, log_text, make
 
@@ -198,3 +198,55 @@ def test_start_all_leaves_telling_a_lone_failure_to_its_caller(node, servers, ca
         start_all([ok, dies])
     assert err.value.server == "dies"
     assert not any(r.getMessage().startswith("server start: ") for r in caplog.records)
+
+
+def test_start_all_and_wait_all_follow_the_token_they_are_given(node, servers):
+    """A token passed in (the case's, the run's) stops the waits, not only the servers' own."""
+    stop = Cancel()
+    stop.set("stopped by the case")
+    starting = [make(node, servers, name, "exec sleep 60", [log_line("never printed", LONG_S)])
+                for name in ("a", "b")]
+    start = time.monotonic()
+    with pytest.raises(Interrupted, match="stopped by the case"):
+        start_all(starting, stop)
+    waiting_for = [make(node, servers, name, "exec sleep 60",
+                        [log_line("never printed", LONG_S)]).start() for name in ("c", "d")]
+    with pytest.raises(Interrupted, match="stopped by the case"):
+        wait_all(waiting_for, stop)
+    assert time.monotonic() - start < REPORTED_S
+
+
+@pytest.mark.parametrize("together, what", [(start_all, "server start"),
+                                            (wait_all, "server readiness")])
+def test_several_failures_are_each_told_naming_the_step(node, servers, caplog, together, what):
+    """Two servers declared with an HTTP rule but no port: each fails at its first poll."""
+    broken = [make(node, servers, name, "exec sleep 60", [HttpOk("/health", LONG_S)])
+              for name in ("prefill", "decode")]
+    if together is wait_all:
+        for server in broken:
+            server.start()
+    with caplog.at_level(logging.ERROR), pytest.raises(GroupFailed) as err:
+        together(broken)
+    assert sorted(map(str, err.value.errors)) == ["decode has no port, so no URL",
+                                                  "prefill has no port, so no URL"]
+    told = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.ERROR)
+    assert told == [f"{what}: ValueError('decode has no port, so no URL')",
+                    f"{what}: ValueError('prefill has no port, so no URL')"]
+
+
+def test_each_probe_of_the_port_is_bounded_in_time(node, servers, monkeypatch):
+    """On the remote host the probe is an SSH command: a hung link must not outlast the rule."""
+    limits = []
+    real_exec = node.exec
+
+    def exec_(argv, **kw):
+        if _OWNS_PORT in argv:
+            limits.append(kw.get("timeout"))
+        return real_exec(argv, **kw)
+
+    monkeypatch.setattr(node, "exec", exec_)
+    port = free_port()
+    router = make(node, servers, "router", router_script(port, 1, listen=True),
+                  router_ready(1, LONG_S), port=port)
+    router.start().wait_ready()
+    assert limits and all(limit is not None and 0 < limit <= 60 for limit in limits), limits
