@@ -73,3 +73,12 @@ def test_moe_runs_its_pytest_with_long_tracebacks(monkeypatch):
     moe.run(Ctx())
     (argv,) = seen
     assert argv[:3] == ["python3", "-m", "pytest"] and "--tb=long" in argv
+
+
+def test_an_unreadable_version_quotes_at_most_80_characters_and_says_why():
+    read = "vllm: command not found " * 10
+    with pytest.raises(HarnessError) as info:
+        parse_version(f"\n{read}\n")
+    assert info.value.message == (f"cannot read the vLLM version from {read.strip()[:80]!r} "
+                                  "(not a PEP 440 version)")
+    assert info.value.__suppress_context__  # one line: no packaging traceback behind it
