@@ -82,7 +82,8 @@ def resolve(settings: Settings, address: str) -> Route:
     else:
         keys, from_setting = _identity_files(found), False
     refuse_unhonoured(found, address, path)
-    target = Hop(address, found.get("hostname", address), port, user, keys, from_setting)
+    # paramiko's lookup always sets hostname (to the alias itself where no HostName applies)
+    target = Hop(address, found["hostname"], port, user, keys, from_setting)
     jumps = _jumps(config, found.get("proxyjump", ""), path, settings.remote_user, 0)
     if from_setting:  # a jump host with no IdentityFile of its own tries REMOTE_SSH_KEY too
         jumps = [hop if hop.key_files else replace(hop, key_files=keys) for hop in jumps]
@@ -123,7 +124,7 @@ def _jumps(config: paramiko.SSHConfig, spec: str, path: str, default_user: str,
         inner = found.get("proxyjump", "")
         hops += _jumps(config, inner, path, default_user, depth + 1)
         port = _port(port_text or found.get("port", "22"), alias, path)
-        hops.append(Hop(alias, found.get("hostname", alias), port,
+        hops.append(Hop(alias, found["hostname"], port,
                         user or found.get("user", default_user), _identity_files(found)))
     return hops
 
@@ -137,5 +138,6 @@ def _identity_files(found: paramiko.SSHConfigDict) -> list[str]:
 def _port(text: str, alias: str, path: str) -> int:
     if str(text).isdigit() and 1 <= int(text) <= 65535:
         return int(text)
-    raise SettingsError(f"bad Port {text!r} for {alias} in SSH_CONFIG {path or '(none)'} "
+    # only a config file read gives a Port or a ProxyJump, so `path` always names one
+    raise SettingsError(f"bad Port {text!r} for {alias} in SSH_CONFIG {path} "
                         "(accepted: a TCP port, 1-65535)")

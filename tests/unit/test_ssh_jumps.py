@@ -176,10 +176,28 @@ def test_a_config_port_out_of_range_is_one_line_naming_host_and_file(tmp_path, p
 @pytest.mark.parametrize("spec, config", [("b:0", ""), ("b:65536", ""),
                                           ("b", "Host b\n    Port 70000\n")])
 def test_a_bad_jump_port_names_the_jump_host(tmp_path, spec, config):
-    with pytest.raises(SettingsError, match=r"^bad Port '\d+' for b in SSH_CONFIG "):
+    with pytest.raises(SettingsError) as info:
         route_for(tmp_path, f"Host gpu\n    ProxyJump {spec}\n{config}")
+    bad = spec.partition(":")[2] or "70000"
+    assert str(info.value) == (f"bad Port {bad!r} for b in SSH_CONFIG {tmp_path / 'config'} "
+                               "(accepted: a TCP port, 1-65535)")
 
 
 def test_remote_ssh_port_wins_over_a_bad_config_port(tmp_path):
     route = route_for(tmp_path, "Host gpu\n    Port twenty\n", REMOTE_SSH_PORT="2200")
     assert route.target.port == 2200
+
+
+def test_a_keyword_the_harness_cannot_honour_names_the_host_and_the_file(tmp_path):
+    with pytest.raises(SettingsError) as info:
+        route_for(tmp_path, "Host gpu\n    HostKeyAlias other\n")
+    assert str(info.value) == (f"SSH_CONFIG {tmp_path / 'config'}: hostkeyalias applies to gpu, "
+                               "and the harness cannot honour it (it connects with paramiko)")
+
+
+def test_a_bad_strict_host_key_checking_names_the_host_and_the_file(tmp_path):
+    with pytest.raises(SettingsError) as info:
+        route_for(tmp_path, "Host gpu\n    StrictHostKeyChecking maybe\n")
+    assert str(info.value) == (
+        f"bad StrictHostKeyChecking 'maybe' for gpu in SSH_CONFIG {tmp_path / 'config'} "
+        "(accepted: yes, ask, accept-new, no, off)")
