@@ -58,9 +58,9 @@ def remember_url_credentials(text: str) -> None:
     """Remember the password of every URL in `text` and every credential-like parameter's
     value (a MOONCAKE_WHEEL such as https://user:pass@host/w.whl?token=...), as written and
     decoded."""
-    for match in _USERINFO.finditer(text or ""):
+    for match in _USERINFO.finditer(text):
         remember(match["userinfo"].partition(":")[2])
-    for match in _SECRET_PARAM.finditer(text or ""):
+    for match in _SECRET_PARAM.finditer(text):
         remember(match["value"])
         remember(unquote_plus(match["value"]))
 
