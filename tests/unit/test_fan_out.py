@@ -125,9 +125,23 @@ def press_ctrl_c_in(ident: int) -> threading.Thread:
     return presser
 
 
+def backs_off(name: str, stopped: list[str]):
+    """A job that retries with back-off pauses on its token (a download), up to a minute."""
+    def job(cancel: Cancel) -> None:
+        sleep = cancel.sleeper(f"retrying {name}")
+        try:
+            for _ in range(600):
+                sleep(0.1)
+        except Interrupted as exc:
+            stopped.append(str(exc))
+            raise
+    return job
+
+
 def test_ctrl_c_cancels_every_job_and_waits_for_their_cleanup():
     stopped: list[str] = []
     jobs = [waits_for_cancel(f"job {i}", stopped, cleanup_s=0.3) for i in range(2)]
+    jobs.append(backs_off("the wheel download", stopped))
     presser = press_ctrl_c_in(threading.get_ident())
     start = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
@@ -135,7 +149,8 @@ def test_ctrl_c_cancels_every_job_and_waits_for_their_cleanup():
     assert time.monotonic() - start < BOUND_S
     presser.join(BOUND_S)
     # both had their cleanup before the interrupt went on up
-    assert sorted(stopped) == ["interrupted while waiting for job 0",
+    assert sorted(stopped) == ["interrupted while retrying the wheel download",
+                               "interrupted while waiting for job 0",
                                "interrupted while waiting for job 1"]
 
 

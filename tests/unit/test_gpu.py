@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -32,8 +33,15 @@ class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0
         self.sleeps: list[float] = []
+        self.reads = 0
+        self.started = time.monotonic()
 
     def __call__(self) -> float:
+        # A wait that keeps reading this clock without sleeping on it never ends: fail, don't
+        # hang (a fake-clock wait takes milliseconds of real time).
+        self.reads += 1
+        assert self.reads < 10_000 and time.monotonic() - self.started < 20, (
+            "the wait does not end on the fake clock")
         return self.now
 
     def sleep(self, seconds: float) -> None:
