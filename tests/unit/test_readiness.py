@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import waiting
 from harness.errors import NotReady, ServerExited
 from harness.hosts.nodes import local_group_alive
 from harness.results.timeline import Timeline, read_spans
@@ -283,8 +284,27 @@ def test_a_log_is_followed_even_for_a_server_this_harness_did_not_start(node, se
 
 
 def test_a_server_not_started_here_is_ready_when_its_rules_are_met(node, servers, http_status):
-    """Nothing of the harness's own to be alive: the rules alone decide."""
+    """Nothing of the harness's own to be alive or exited: the rules alone decide."""
+    elsewhere = make(node, servers, "elsewhere", "exec sleep 60", [HttpOk(http_status.url, 0.3)])
+    with pytest.raises(NotReady) as err:
+        elsewhere.wait_ready()
+    assert err.value.last_error == "HTTP 503"
     http_status.code = 200
-    elsewhere = make(node, servers, "elsewhere", "exec sleep 60", [HttpOk(http_status.url, 5)])
     elsewhere.wait_ready()
     assert elsewhere.proc is None
+
+
+def test_a_long_start_says_what_the_server_said_last(node, servers, caplog, monkeypatch):
+    """The progress lines of a server's wait carry its log's last line, not the rule's
+    why-not: what a person watching a slow start wants to see."""
+    monkeypatch.setattr(waiting, "PROGRESS_EVERY_S", 0.2)
+    server = make(node, servers, "decode", "echo 'loading weights 3/8'; exec sleep 60",
+                  [log_line("never printed", 1.0)])
+    server.start()
+    assert wait_for(lambda: "loading weights" in log_text(server), 10)
+    with caplog.at_level(logging.INFO, logger="harness.waiting"), pytest.raises(NotReady):
+        server.wait_ready()
+    said = [r.getMessage() for r in caplog.records if r.name == "harness.waiting"]
+    assert said, caplog.text
+    assert all(m.startswith("still waiting for decode on local (log line 'never printed'): ")
+               and m.endswith("; log: loading weights 3/8") for m in said), said
