@@ -4,7 +4,7 @@ and a store value across them, every byte checked; a failure fails every asked c
 
 It runs the payload `payloads/preflight/mooncake_preflight.py` as a case runs its servers (logs
 under `run/logs/mooncake_preflight/`, stopped by PID, remote logs copied back): a
-`mooncake_master` and Mooncake's HTTP metadata server on the local host, the target on the remote
+`mooncake_master` with its HTTP metadata server on the local host, the target on the remote
 one, then the initiator on the local one, whose last output line holds the figures.
 """
 from __future__ import annotations
@@ -115,11 +115,11 @@ def _run(ctx: CaseContext) -> Preflight:
     sizes = ",".join(map(str, ladder(ctx.settings.preflight_max_bytes)))
     common = ["--protocol", protocol, "--memory", "auto", "--sizes", sizes, *store]
     with ctx.step("mooncake pre-flight: master and target"):
-        services = _master(ctx)
+        master = _master(ctx)
         target = _payload(ctx, "target", target_node,
                           ["--role", "target", "--host", target_node.address,
                            "--control-port", str(port + 3), *common])
-        _ready_or_said(ctx, services, target)
+        _ready_or_said(ctx, master, target)
     with ctx.step("mooncake pre-flight: transfers"):
         initiator = _payload(ctx, "initiator", local,
                              ["--host", local.address, *common,
@@ -147,23 +147,16 @@ def _protocol(ctx: CaseContext) -> str:
     return "rdma"
 
 
-def _master(ctx: CaseContext) -> list[Server]:
-    """`mooncake_master` and the wheel's HTTP metadata server, on the local host's address.
-    Not the master's own metadata server: it binds every address without SO_REUSEADDR, so
-    a second pre-flight within a minute (the next group's) could not bind its port."""
+def _master(ctx: CaseContext) -> Server:
     node, port = ctx.local, ctx.settings.preflight_port
     address = node.address
     argv = ["mooncake_master", f"--rpc_port={port}", f"--rpc_address={address}",
-            f"--metrics_host={address}", f"--metrics_port={port + 2}"]
-    metadata = ["python3", "-m", "mooncake.http_metadata_server", "--host", address,
-                "--port", str(port + 1)]
-    ready = [OwnsPort(ctx.settings.timeout_preflight_s)]
-    return [ctx.server("mooncake_master", node, argv, log=_log(node, "mooncake_master.log"),
-                       ready=ready, address=address, port=port, env=ctx.sim_env(node),
-                       kind="preflight"),
-            ctx.server("metadata_server", node, metadata, log=_log(node, "metadata_server.log"),
-                       ready=ready, address=address, port=port + 1, env=ctx.sim_env(node),
-                       kind="preflight")]
+            "--enable_http_metadata_server=true", f"--http_metadata_server_host={address}",
+            f"--http_metadata_server_port={port + 1}", f"--metrics_host={address}",
+            f"--metrics_port={port + 2}"]
+    return ctx.server("mooncake_master", node, argv, log=_log(node, "mooncake_master.log"),
+                      ready=[OwnsPort(ctx.settings.timeout_preflight_s)], address=address,
+                      port=port, env=ctx.sim_env(node), kind="preflight")
 
 
 def _payload(ctx: CaseContext, role: str, node: Node, args: list[str]) -> Server:
@@ -181,12 +174,12 @@ def _log(node: Node, name: str):
     return node.layout.case_logs(NAME) / name
 
 
-def _ready_or_said(ctx: CaseContext, services: list[Server], target: Server) -> None:
-    """All start at once; the target is ready once it says where it listens, and one that
-    exits first said why (Mooncake that does not load on that host: the master and metadata
-    server, of the same wheel, would then fail too, saying less)."""
-    for server in [*services, target]:
-        server.start()
+def _ready_or_said(ctx: CaseContext, master: Server, target: Server) -> None:
+    """Both start at once; the target is ready once it says where it listens, and one that
+    exits first said why (Mooncake that does not load on that host: the master, a Python
+    entry point of the same wheel, would then fail too, saying less)."""
+    master.start()
+    target.start()
     try:
         target.wait_ready(ctx.cancel)
     except HarnessError:
@@ -194,16 +187,15 @@ def _ready_or_said(ctx: CaseContext, services: list[Server], target: Server) -> 
         if said.get("error"):
             _failed(ctx, said, target.node)
         raise
-    for service in services:
-        try:
-            service.wait_ready(ctx.cancel)
-        except HarnessError:
-            loader = [line for line in service.log_tail().splitlines()
-                      if "error while loading shared libraries" in line]
-            if loader:  # the binary's own form of "Mooncake cannot load"
-                _failed(ctx, {"error": f"{service.name} cannot load: {loader[-1].strip()}",
-                              "stage": "import"}, service.node)
-            raise
+    try:
+        master.wait_ready(ctx.cancel)
+    except HarnessError:
+        loader = [line for line in master.log_tail().splitlines()
+                  if "error while loading shared libraries" in line]
+        if loader:  # the binary's own form of "Mooncake cannot load"
+            _failed(ctx, {"error": f"mooncake_master cannot load: {loader[-1].strip()}",
+                          "stage": "import"}, master.node)
+        raise
 
 
 def _outcome(ctx: CaseContext, initiator: Server) -> dict:
