@@ -16,7 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.errors import HarnessError, Interrupted
+from harness.errors import HarnessError
 from harness.files import write_json_atomic
 from harness.hosts.nodes import Node
 from harness.prep import environment
@@ -57,11 +57,9 @@ class Preflight:
     store: dict = field(default_factory=dict)
     error: str = ""
     duration_s: float = 0.0
-    failure: HarnessError | None = field(default=None, repr=False)  # what the run raises
 
     def to_json(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()
-                if k != "failure" and v not in ("", [], {})}
+        return {k: v for k, v in self.__dict__.items() if v not in ("", [], {})}
 
 
 def ladder(max_bytes: int) -> list[int]:
@@ -248,38 +246,31 @@ def _optional(settings: Settings) -> bool:
 
 
 def checked(env: Environment, settings: Settings, group: str, two_hosts: bool) -> Preflight:
-    """The run's step: the pre-flight's findings, written down; an optional Mooncake that
-    cannot load is a skip said with its cause; a failure is kept as `failure` (a
-    PreflightFailed naming the pre-flight) for the run to raise. Ctrl-C goes straight up."""
+    """The run's step: the pre-flight's findings; an optional Mooncake that cannot load is a
+    skip said with its cause; PreflightFailed (written down first) ends the run."""
     started = time.monotonic()
     why_not = _skip_reason(settings)
     if why_not:
         log.info("Mooncake pre-flight: skipped (%s)", why_not)
         found = Preflight(skipped=why_not)
-    else:
-        try:
-            found = run_preflight(env, settings, group, two_hosts)
-        except Interrupted:
+        _report(env, settings, found)
+        return found
+    try:
+        return run_preflight(env, settings, group, two_hosts)
+    except _Optional as exc:
+        found = Preflight(skipped=f"Mooncake cannot load on {exc.host}: {exc.message}")
+        log.warning("Mooncake pre-flight: skipped: %s", found.skipped)
+    except HarnessError as exc:
+        found = Preflight(error=str(exc), duration_s=time.monotonic() - started)
+        _report(env, settings, found)
+        if isinstance(exc, PreflightFailed) or not exc.message:
             raise
-        except _Optional as exc:
-            found = Preflight(skipped=f"Mooncake cannot load on {exc.host}: {exc.message}")
-            log.warning("Mooncake pre-flight: skipped: %s", found.skipped)
-        except HarnessError as exc:
-            failure = exc if isinstance(exc, PreflightFailed) else _named(exc)
-            found = Preflight(error=str(failure), failure=failure,
-                              duration_s=time.monotonic() - started)
+        where = f"{exc.where()}: " if exc.where() else ""
+        raise PreflightFailed(f"Mooncake pre-flight: {where}{exc.message}", step=exc.step,
+                              host=exc.host, server=exc.server, log_tail=exc.log_tail,
+                              hint=exc.hint) from exc
     _report(env, settings, found)
     return found
-
-
-def _named(exc: HarnessError) -> PreflightFailed:
-    """A step of the pre-flight failed: its one line says it is the pre-flight's."""
-    where = f"{exc.where()}: " if exc.where() else ""
-    failure = PreflightFailed(f"Mooncake pre-flight: {where}{exc.message}", step=exc.step,
-                              host=exc.host, server=exc.server, log_tail=exc.log_tail,
-                              hint=exc.hint)
-    failure.__cause__ = exc
-    return failure
 
 
 def _report(env: Environment, settings: Settings, found: Preflight) -> None:

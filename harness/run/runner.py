@@ -122,8 +122,6 @@ def _run_all(run: Run, stack: ExitStack) -> None:
             prepared = case.group
             run.preflight = preflight.checked(run.env, run.settings, case.group,
                                               run.needs_remote)
-            if run.preflight.failure is not None:  # no model loads: every case fails with it
-                raise run.preflight.failure
         _run_case(run, case)
         if run.kept is not None:
             _stop_for_keep(run)
@@ -262,8 +260,7 @@ def _write_summary(run: Run, *, finished: bool) -> None:
     write_run_summary(run.layout, results, group=run.label,
                       pr_id=run.settings.pr_id, prep_s=run.env.prep_s,
                       duration_s=time.monotonic() - run.started, finished=finished,
-                      earlier=run.earlier, settings=run.settings.env_items(),
-                      preflight=run.preflight.to_json() if run.preflight else None)
+                      earlier=run.earlier, settings=run.settings.env_items())
 
 
 def _finish(run: Run) -> None:

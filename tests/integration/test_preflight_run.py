@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -77,16 +76,6 @@ def test_figures_of_a_two_host_run(project, tmp_path):
     assert result["store"]["bytes"] == 1 << 20 and result["store"]["get_ms"] > 0
     assert "Mooncake pre-flight: mooncake-transfer-engine-non-cuda" in out
     assert " 64 MiB  write " in out and "store 1 MiB: put " in out
-    # the same figures in the run summary, junit.xml (its own suite) and the report
-    logs = project / "run/logs"
-    assert json.loads((logs / "run_summary.json").read_text())["mooncake_preflight"] == result
-    suite = ET.parse(logs / "junit.xml").getroot().find("testsuite[@name='mooncake_preflight']")
-    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
-    plotted = {p.get("name"): p.get("value") for p in suite.iter("property")}
-    assert float(plotted[f"write_gbps_{64 << 20}"]) == result["sizes"][2]["write_gbps"]
-    assert suite.find("testcase").get("name") == "mooncake_preflight"
-    page = (logs / "report.html").read_text()
-    assert "<h2>Mooncake pre-flight</h2>" in page and "67,108,864 B" in page
     # the remote side's log came home with the local ones
     logs = {p.name for p in (project / "run/logs/mooncake_preflight").iterdir()}
     assert {"target.log", "initiator.log", "mooncake_master.log"} <= logs, logs
@@ -109,9 +98,6 @@ def test_mooncake_that_does_not_load_fails_every_case_at_once_naming_the_cause(p
     assert "mooncake.engine cannot load (mooncake-transfer-engine-non-cuda" in reason, reason
     assert "libibverbs.so.1" in reason and "install libibverbs1" in reason, reason
     assert found(project)["error"] == reason
-    junit = ET.parse(project / "run/logs/junit.xml").getroot()
-    failure = junit.find("testsuite[@name='mooncake_preflight']/testcase/failure")
-    assert failure is not None and failure.get("message") == reason
 
 
 def test_without_a_requirement_mooncake_that_does_not_load_is_a_skip_said_with_its_cause(
