@@ -1,24 +1,21 @@
 """Mooncake pre-flight (SPEC §11): two TransferEngines move a ladder of sizes both ways and
 check every byte, and a Mooncake store puts on one side and gets on the other, before any model
-is loaded. Runs where the engines run (the container, or the host), with the Python that has
-Mooncake: standard library, plus PyTorch for GPU memory.
+is loaded. Runs where the engines run (container or host), with the Python that has Mooncake
+(standard library, plus PyTorch for GPU memory).
 
     python3 mooncake_preflight.py [--host H] [--protocol tcp|rdma] [--memory auto|gpu|cpu]
-                                  [--sizes 4096,1048576,...] [--target H:P]
-                                  [--store MASTER_HOST:RPC_PORT --metadata URL]
-                                  [--break-registration]
+        [--sizes 4096,1048576,...] [--target H:P] [--store MASTER:RPC_PORT --metadata URL]
     python3 mooncake_preflight.py --role target --host H --control-port P [--log-file F] ...
 
-The target (its own process: on the other host, or a child of the initiator when `--target`
-is not given) registers a buffer (GPU memory when there is a GPU and PyTorch sees it), prints
-one JSON line saying where it is, and answers the initiator's JSON-line questions on its
-control port (digest, fill, store put, its last Mooncake error). The initiator writes each size
-to the target, reads it back, and compares SHA-256 digests taken on both sides; with `--store`
-the target puts a value through the `mooncake_master` and the initiator gets it.
-The last line on stdout is one JSON object: the build, protocol, memory kind and, per size,
-GB/s and latency each way (and the store's put/get); or `{"ok": false, "error": ...}` naming
-what failed (`"stage": "import"` when Mooncake itself does not load). Exit 0 / 1, without
-Mooncake's slow teardown (`leave`).
+The target (on the other host, or a child of the initiator when `--target` is not given)
+registers a buffer (GPU memory where PyTorch sees a GPU), prints one JSON line saying where it
+is, and answers JSON-line questions on its control port (digest, fill, store put, its last
+Mooncake error). The initiator writes each size to the target, reads it back, and compares
+SHA-256 digests of both sides; with `--store` the target puts a value through the master and
+the initiator gets it. The last stdout line is one JSON object: build, protocol, memory kind,
+per size GB/s and latency each way, the store's put/get; or `{"ok": false, "error": ...}`
+(`"stage": "import"` when Mooncake does not load). Exit 0 / 1, without Mooncake's slow
+teardown (`leave`).
 """
 from __future__ import annotations
 
@@ -43,9 +40,7 @@ LIBRARY_PACKAGES = {"libibverbs.so.1": "libibverbs1", "libmlx5.so.1": "ibverbs-p
                     "libnl-3.so.200": "libnl-3-200", "libnl-route-3.so.200": "libnl-route-3-200",
                     "libnuma.so.1": "libnuma1", "libjsoncpp.so.25": "libjsoncpp25",
                     "libcuda.so.1": "the NVIDIA driver (libcuda1 / a GPU host)"}
-STORE_BYTES = 1 << 20
-STORE_SEGMENT = 64 << 20
-CONNECT_S = 30.0
+STORE_BYTES, STORE_SEGMENT, CONNECT_S = 1 << 20, 64 << 20, 30.0
 KEEP = []  # Mooncake objects never torn down, alive until the process ends: see leave()
 
 
@@ -141,8 +136,7 @@ def start_engine(host: str, protocol: str):
     except Exception as exc:  # noqa: BLE001 (ImportError, a missing libcuda or libibverbs)
         raise cannot_load("mooncake.engine", exc) from None
     engine = TransferEngine()
-    code = engine.initialize(host, "P2PHANDSHAKE", protocol, "")
-    if code != 0:
+    if (code := engine.initialize(host, "P2PHANDSHAKE", protocol, "")) != 0:
         raise Failed(f"TransferEngine.initialize({host}, P2PHANDSHAKE, {protocol}) returned {code}")
     return engine
 
@@ -154,9 +148,8 @@ def open_store(args: argparse.Namespace):
     except Exception as exc:  # noqa: BLE001
         raise cannot_load("mooncake.store", exc) from None
     store = MooncakeDistributedStore()
-    code = store.setup(args.host, args.metadata, STORE_SEGMENT, STORE_SEGMENT, args.protocol, "",
-                       args.store)
-    if code != 0:
+    if (code := store.setup(args.host, args.metadata, STORE_SEGMENT, STORE_SEGMENT,
+                            args.protocol, "", args.store)) != 0:
         raise Failed(f"store setup on {args.host} with master {args.store} and metadata "
                      f"{args.metadata} returned {code}")
     return store
@@ -168,7 +161,10 @@ def target(args: argparse.Namespace) -> int:
     KEEP.append(engine)
     buffer = Buffer(engine, max(args.sizes), args.memory)
     buffer.register(broken=args.break_registration)
-    listener = socket.create_server((args.host, args.control_port))
+    try:
+        listener = socket.create_server((args.host, args.control_port))
+    except OSError as exc:
+        raise Failed(f"the target's control port {args.host}:{args.control_port}: {exc}") from None
     hello = {"session": f"{args.host}:{engine.get_rpc_port()}", "address": buffer.address,
              "control": f"{args.host}:{listener.getsockname()[1]}", "build": build(),
              "memory": args.memory}
@@ -226,8 +222,7 @@ def last_error(log_file: str) -> str:
 
 
 def say(data: dict) -> None:
-    print(json.dumps(data), flush=True)
-
+    print(json.dumps(data), flush=True)  # one JSON object per line: the harness reads the last
 
 # --- the initiator -----------------------------------------------------------------------------
 class Peer:
@@ -286,11 +281,9 @@ class Peer:
 
     def close(self) -> None:
         try:
-            self.channel.write(json.dumps({"do": "quit"}) + "\n")
-            self.channel.flush()
-            self.sock.close()
-        except OSError:
-            pass
+            self.ask({"do": "quit"})
+        except (OSError, Failed):
+            pass  # it quits without an answer: the connection closes
         if self.proc is not None:
             try:
                 self.proc.wait(10)
@@ -316,7 +309,8 @@ def ladder(engine, buffer: Buffer, peer: Peer, sizes: list[int]) -> list[dict]:
                          + (f"; the target said: {said}" if said else ""))
         if peer.ask({"do": "digest", "length": size})["digest"] != buffer.digest(size):
             raise Failed(f"the {size} bytes of the {verb} with {session} arrived changed")
-        return {f"{verb}_gbps": round(size / took / 1e9, 3), f"{verb}_ms": round(took * 1e3, 3)}
+        return {f"{verb}_gbps": float(f"{size / took / 1e9:.4g}"),
+                f"{verb}_ms": float(f"{took * 1e3:.4g}")}
 
     rows = []
     for size in sizes:
