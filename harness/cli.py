@@ -40,6 +40,7 @@ DEMO_SETTINGS = {
     "CONTAINER_NAME": "mooncake-ci-demo", "REMOTE_CONTAINER_NAME": "mooncake-ci-demo",
     "ARTIFACT_ID": "", "GIT_REPO": "", "MOONCAKE_WHEEL": "", "INSTALL_ERDMA": "false",
     "USE_MODELSCOPE": "false",
+    "PREFLIGHT_MAX_BYTES": str(64 << 20),  # the pre-flight's ladder up to 64 MiB on loopback TCP
 }
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

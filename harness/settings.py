@@ -43,6 +43,12 @@ class RemoteVia(str, enum.Enum):
     LOCAL = "local"
 
 
+class PreflightProtocol(str, enum.Enum):
+    AUTO = "auto"
+    RDMA = "rdma"
+    TCP = "tcp"
+
+
 class SimMooncake(str, enum.Enum):
     AUTO = "auto"
     REQUIRED = "required"
@@ -138,6 +144,18 @@ class Settings:
     keep_on_failure: bool = _s("KEEP_ON_FAILURE", False,
                                "true: stop at the first failing case and leave its servers and "
                                "containers up (invoke clean stops them)")
+    preflight: bool = _s("PREFLIGHT", True, "Mooncake pre-flight between the two hosts before "
+                         "the first case (false: skipped, and said)")
+    preflight_protocol: PreflightProtocol = _s(
+        "PREFLIGHT_PROTOCOL", PreflightProtocol.AUTO,
+        "auto (rdma where the containers have RDMA devices, else tcp), rdma or tcp")
+    preflight_max_bytes: int = _s("PREFLIGHT_MAX_BYTES", 1 << 30,
+                                  "largest size of the pre-flight's ladder (4 KiB, 1 MiB, "
+                                  "64 MiB, 1 GiB), 4096 to 4294967296")
+    preflight_port: int = _s("PREFLIGHT_PORT", 15551,
+                             "first of the pre-flight's 4 ports: master RPC, HTTP metadata (on "
+                             "every address), master metrics (local host), target control "
+                             "(remote host)")
     harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
                                   "docker: processes run in the container; host: on each host")
     harness_remote: RemoteVia = _s(
@@ -167,6 +185,8 @@ class Settings:
     timeout_gpu_drain_s: float = _s("TIMEOUT_GPU_DRAIN_S", 60.0, "GPU memory drain wait")
     timeout_gpu_drain_after_kill_s: float = _s("TIMEOUT_GPU_DRAIN_AFTER_KILL_S", 45.0,
                                                "second drain wait, after the kill")
+    timeout_preflight_s: float = _s("TIMEOUT_PREFLIGHT_S", 120.0,
+                                    "most the Mooncake pre-flight may take")
     timeout_case_s: float = _s("TIMEOUT_CASE_S", 7200.0,
                                "most a single-host case's payload may run")
     progress_every_s: float = _s("PROGRESS_EVERY_S", 30.0,
@@ -230,6 +250,12 @@ class Settings:
         if not 1 <= self.sim_kv_bytes_per_token <= 1 << 22:
             raise SettingsError(f"bad value for HARNESS_SIM_KV_BYTES_PER_TOKEN: "
                                 f"{self.sim_kv_bytes_per_token} (accepted: 1 to 4194304 bytes)")
+        if not 4096 <= self.preflight_max_bytes <= 1 << 32:
+            raise SettingsError(f"bad value for PREFLIGHT_MAX_BYTES: {self.preflight_max_bytes} "
+                                "(accepted: 4096 to 4294967296 bytes)")
+        if not 1 <= self.preflight_port <= 65532:
+            raise SettingsError(f"bad value for PREFLIGHT_PORT: {self.preflight_port} "
+                                "(accepted: 1-65532; it and the 3 ports after it are used)")
         if not 1 <= self.remote_ssh_port <= 65535:
             raise SettingsError(f"bad value for REMOTE_SSH_PORT: {self.remote_ssh_port} "
                                 "(accepted: a TCP port, 1-65535)")
@@ -321,7 +347,7 @@ def _require_address(name: str, value: str) -> None:
 
 
 def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
-    kind = f.type if not isinstance(f.type, str) else _TYPES[f.type]
+    kind = _TYPES[f.type]   # a name: this module's annotations are strings (PEP 563)
     try:
         if kind is bool:
             low = raw.strip().lower()
@@ -329,7 +355,7 @@ def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
                 return True
             if low in ("0", "false", "no", "off"):
                 return False
-            raise ValueError("expected true or false")
+            raise ValueError   # the message below says what is accepted
         if kind is list:
             return [part.strip() for part in raw.split(",") if part.strip()]
         if issubclass(kind, enum.Enum):
@@ -337,7 +363,7 @@ def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
         return kind(raw)
     except ValueError:
         accepted = ""
-        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        if issubclass(kind, enum.Enum):
             accepted = " (accepted: " + ", ".join(m.value for m in kind) + ")"
         elif kind is bool:
             accepted = " (accepted: true, false)"
@@ -346,7 +372,8 @@ def _parse(f: dataclasses.Field, name: str, raw: str) -> Any:
 
 _TYPES = {"str": str, "bool": bool, "int": int, "float": float, "list": list,
           "ImagePull": ImagePull, "HostKeyPolicy": HostKeyPolicy, "Runtime": Runtime,
-          "RemoteVia": RemoteVia, "SimMooncake": SimMooncake}
+          "RemoteVia": RemoteVia, "SimMooncake": SimMooncake,
+          "PreflightProtocol": PreflightProtocol}
 
 
 def _format(value: Any) -> str:

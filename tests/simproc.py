@@ -68,6 +68,8 @@ def demo_env(remote_root: Path, *, relocated: bool = False, **extra: str) -> dic
                 "TIMEOUT_STOP_S": "5"})
     if relocated:
         env["LOCAL_IP"], env["REMOTE_IP"] = worker_addresses()
+        # the pre-flight's metadata server listens on every address: a port range per worker
+        env["PREFLIGHT_PORT"] = str(16000 + 10 * int(env["LOCAL_IP"].split(".")[2]))
     env.update(extra)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     return env

@@ -35,7 +35,8 @@ def write_junit(logs: Path) -> Path:
         if group not in suites:
             suites[group] = ET.SubElement(root, "testsuite", name=group)
         _testcase(suites[group], group, entry)
-    for suite in [*suites.values(), root]:
+    preflight = _preflight_suite(root, summary.get("mooncake_preflight"))
+    for suite in [*suites.values(), *preflight, root]:
         _count(suite)
     for suite in suites.values():
         properties = ET.Element("properties")
@@ -68,18 +69,54 @@ def _testcase(suite: ET.Element, group: str, entry: dict) -> None:
         ET.SubElement(case, "system-out").text = "\n".join(out)
 
 
+def _preflight_suite(root: ET.Element, found: dict | None) -> list[ET.Element]:
+    """The Mooncake pre-flight as its own suite with one testcase, `mooncake_preflight`: a
+    failure says what failed, a skip why; its figures are the suite's properties (one per
+    size and direction, so dashboards can plot them) and lines of its system-out."""
+    if not found:
+        return []
+    suite = ET.SubElement(root, "testsuite", name="mooncake_preflight")
+    properties = ET.SubElement(suite, "properties")
+    lines = [f"{k}: {found[k]}" for k in ("build", "protocol", "memory", "route") if found.get(k)]
+    for key in ("build", "protocol", "memory", "route"):
+        ET.SubElement(properties, "property", name=key, value=str(found.get(key) or ""))
+    for row in found.get("sizes") or []:
+        for verb in ("write", "read"):
+            for unit in ("gbps", "ms"):
+                ET.SubElement(properties, "property", name=f"{verb}_{unit}_{row['bytes']}",
+                              value=str(row[f"{verb}_{unit}"]))
+        lines.append(f"{row['bytes']} bytes: write {row['write_gbps']} GB/s {row['write_ms']} "
+                     f"ms, read {row['read_gbps']} GB/s {row['read_ms']} ms")
+    store = found.get("store") or {}
+    for key in ("put_ms", "get_ms"):
+        if key in store:
+            ET.SubElement(properties, "property", name=f"store_{key}", value=str(store[key]))
+            lines.append(f"store {key}: {store[key]}")
+    case = ET.SubElement(suite, "testcase", name="mooncake_preflight", classname="mooncake",
+                         time=f"{float(found.get('duration_s') or 0):.3f}")
+    if found.get("skipped"):
+        ET.SubElement(case, "skipped", message=found["skipped"])
+    elif not found.get("ok"):
+        error = found.get("error") or "failed"
+        ET.SubElement(case, "failure", message=error.splitlines()[0], type="preflight").text = error
+    if lines:
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+    return [suite]
+
+
 def _count(element: ET.Element) -> None:
     cases = element.iter("testcase")
-    times = failures = tests = 0.0
+    times = failures = tests = skipped = 0.0
     for case in cases:
         tests += 1
         failures += case.find("failure") is not None
+        skipped += case.find("skipped") is not None
         times += float(case.attrib["time"])  # every testcase is written with its time
     element.set("tests", str(int(tests)))
     element.set("failures", str(int(failures)))
     element.set("errors", "0")
     if element.tag == "testsuite":  # the schema has no `skipped` on <testsuites>
-        element.set("skipped", "0")
+        element.set("skipped", str(int(skipped)))
     element.set("time", f"{times:.3f}")
 
 

@@ -95,12 +95,14 @@ def write_unfinished(layout: Layout, case: str, group: str = "") -> CaseResult:
 def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, pr_id: str,
                       prep_s: dict[str, float], duration_s: float, finished: bool = True,
                       earlier: list[dict] | None = None,
-                      settings: list[tuple[str, str]] | None = None) -> None:
+                      settings: list[tuple[str, str]] | None = None,
+                      preflight: dict | None = None) -> None:
     """`run_summary.json` and the JUnit file made from it. Written at the start of a run (every
     case unfinished, `finished` null), after every case and at the end, so a killed run leaves
     one that says which cases did not finish. `earlier`: the case entries of the summary a
     rerun updates; this run's results replace theirs, the others stand. `settings`:
-    `Settings.env_items()`, the non-secret settings as `.shrc` shows them."""
+    `Settings.env_items()`, the non-secret settings as `.shrc` shows them. `preflight`: what
+    the Mooncake pre-flight found (figures, a skip or the failure), once it ran."""
     cases = updated_cases(earlier or [], [r.to_summary() for r in results])
     write_summary(Path(layout.logs), {
         "group": group,
@@ -111,6 +113,7 @@ def write_run_summary(layout: Layout, results: list[CaseResult], *, group: str, 
         "passed": all_passed(cases),
         "cases": cases,
         **({"reran": [r.case for r in results]} if earlier else {}),
+        **({"mooncake_preflight": preflight} if preflight else {}),
         "settings": dict(settings or ()),
     })
 

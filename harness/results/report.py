@@ -79,6 +79,7 @@ def build_report(logs: Path) -> str:
     title = f"Mooncake E2E run: {summary.get('group') or 'run'}"
     body = [f"<h1>{escape(title)}</h1>", _verdict(summary, cases),
             "<h2>Cases</h2>", _cases_table(cases, spans, link),
+            "<h2>Mooncake pre-flight</h2>", _preflight(summary.get("mooncake_preflight"), link),
             "<h2>Timeline</h2>", _timeline(spans, cases, link),
             "<h2>Log files</h2>", _files(files, link),
             "<h2>Settings</h2>", _settings(summary.get("settings"))]
@@ -218,6 +219,32 @@ def _files(files: list[str], link: dict[str, str]) -> str:
         out.append("</ul>")
     out.append("</div>")
     return "".join(out)
+
+
+def _preflight(found: object, link: dict[str, str]) -> str:
+    """What the pre-flight found: build, protocol, memory and route, then a row per size;
+    or why it was skipped, or what failed."""
+    if not isinstance(found, dict) or not found:
+        return "<p>No Mooncake pre-flight in this run.</p>"
+    logs = [f'<a href="{escape(link[n])}">{escape(n.rsplit("/", 1)[-1])}</a>'
+            for n in link if n.startswith("mooncake_preflight/")]
+    facts = ", ".join(escape(str(found[k])) for k in ("build", "protocol", "memory", "route")
+                      if found.get(k))
+    head = f"<p>{facts}" + (f" &middot; logs: {' '.join(logs)}" if logs else "") + "</p>"
+    if found.get("skipped"):
+        return head + f"<p>Skipped: {escape(str(found['skipped']))}</p>"
+    if not found.get("ok"):
+        return head + f'<p class="verdict fail">FAILED: {escape(str(found.get("error")))}</p>'
+    rows = "".join(
+        f"<tr><td>{row['bytes']:,} B</td><td>{row['write_gbps']}</td><td>{row['write_ms']}</td>"
+        f"<td>{row['read_gbps']}</td><td>{row['read_ms']}</td></tr>"
+        for row in found.get("sizes") or [] if isinstance(row, dict))
+    store = found.get("store") or {}
+    tail = (f"<p>Store ({store.get('bytes', 0):,} B through {escape(str(store.get('master')))}): "
+            f"put {store.get('put_ms')} ms there, get {store.get('get_ms')} ms here</p>"
+            if store else "")
+    return (head + '<table id="preflight"><tr><th>size</th><th>write GB/s</th><th>write ms</th>'
+            f"<th>read GB/s</th><th>read ms</th></tr>{rows}</table>" + tail)
 
 
 def _settings(settings: object) -> str:

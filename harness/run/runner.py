@@ -21,7 +21,9 @@ from harness.run.cases import Case, CaseContext
 from harness.prep.environment import Environment
 from harness.errors import HarnessError, HostUnhealthy, Interrupted, SettingsError
 from harness.policy import RunPolicy
+from harness.run import preflight
 from harness.run.keep import Kept, liveness, reach_text
+from harness.run.preflight import Preflight
 from harness.layout import Layout
 from harness.results.report import write_report
 from harness.results.outcome import (UNFINISHED, CaseResult, summary_table, updated_cases,
@@ -50,6 +52,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     kept: Kept | None = None     # KEEP_ON_FAILURE stopped the run at this case's failure
     kept_text: str = ""          # how to reach and stop what it kept (printed last)
+    preflight: Preflight | None = None  # the Mooncake pre-flight's findings, once it ran
 
     def __post_init__(self) -> None:
         self.results = {c.name: CaseResult(c.name, group=c.group) for c in self.cases}
@@ -117,6 +120,10 @@ def _run_all(run: Run, stack: ExitStack) -> None:
         if case.group != prepared:
             environment.prepare(run.env, stack, case.group)
             prepared = case.group
+            run.preflight = preflight.checked(run.env, run.settings, case.group,
+                                              run.needs_remote)
+            if run.preflight.failure is not None:  # no model loads: every case fails with it
+                raise run.preflight.failure
         _run_case(run, case)
         if run.kept is not None:
             _stop_for_keep(run)
@@ -255,7 +262,8 @@ def _write_summary(run: Run, *, finished: bool) -> None:
     write_run_summary(run.layout, results, group=run.label,
                       pr_id=run.settings.pr_id, prep_s=run.env.prep_s,
                       duration_s=time.monotonic() - run.started, finished=finished,
-                      earlier=run.earlier, settings=run.settings.env_items())
+                      earlier=run.earlier, settings=run.settings.env_items(),
+                      preflight=run.preflight.to_json() if run.preflight else None)
 
 
 def _finish(run: Run) -> None:

@@ -9,14 +9,13 @@ its own, fails here.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from harness.cli import DEMO_SETTINGS
+from tests.simproc import demo_env
 
 pytestmark = pytest.mark.integration
 CASE = "test_hicache_storage_mooncake_backend"
@@ -35,13 +34,11 @@ def run_case(project: Path, tmp_path: Path, cached: tuple[str, ...]) -> tuple[st
     hf_home = tmp_path / "hf"
     for model in cached:
         fake_snapshot(hf_home, model)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HARNESS_", "MOONCAKE_", "HF_", "SGLANG_"))
-           and k not in ("TRANSFORMERS_OFFLINE",)}
-    env.update(DEMO_SETTINGS)
-    env.update({"REMOTE_TEST_DIR": str(tmp_path / "remote-host" / "project"),
-                "HARNESS_SIM_FAULTS": "", "TIMEOUT_STOP_S": "5", "HF_HOME": str(hf_home),
-                "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]})
+    # this worker's own addresses and ports (the pre-flight's are fixed per address)
+    env = {k: v for k, v in demo_env(tmp_path / "remote-host" / "project",
+                                     relocated=True).items()
+           if not k.startswith(("HF_", "SGLANG_")) and k != "TRANSFORMERS_OFFLINE"}
+    env["HF_HOME"] = str(hf_home)
     done = subprocess.run([sys.executable, "-m", "harness", "single", CASE], cwd=project,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=400)

@@ -3,6 +3,7 @@ a rerun updates."""
 import json
 from pathlib import Path
 
+import pytest
 from junitparser import Failure, JUnitXml, Properties
 
 from harness.results import outcome as results
@@ -95,3 +96,29 @@ def test_the_file_validates_against_the_published_junit_schema(tmp_path, junit_s
         CaseResult("vllm_pd", reason="run did not finish", group="VLLM")])
     errors = [f"{e.path}: {e.reason}" for e in junit_schema.iter_errors(str(logs / "junit.xml"))]
     assert errors == []
+
+
+PREFLIGHT = {"ok": True, "build": "mooncake-transfer-engine 0.3.14", "protocol": "rdma",
+             "memory": "gpu", "route": "10.0.0.1 -> 10.0.0.2", "duration_s": 4.5,
+             "sizes": [{"bytes": 4096, "write_gbps": 0.01, "write_ms": 0.4, "read_gbps": 0.02,
+                        "read_ms": 0.2}],
+             "store": {"bytes": 1048576, "put_ms": 2.0, "get_ms": 3.0, "master": "h:1"}}
+
+
+@pytest.mark.parametrize("found", [PREFLIGHT, {"ok": False, "error": "Mooncake pre-flight: x"},
+                                   {"ok": False, "skipped": "PREFLIGHT=false"}],
+                         ids=["figures", "failed", "skipped"])
+def test_the_preflight_is_its_own_suite_and_the_file_still_validates(tmp_path, junit_schema,
+                                                                     found):
+    logs = summary_with(tmp_path, [CaseResult("pd", Outcome.PASSED, group="SGLANG")],
+                        preflight=found)
+    errors = [f"{e.path}: {e.reason}" for e in junit_schema.iter_errors(str(logs / "junit.xml"))]
+    assert errors == []
+    suite = suites(logs)["mooncake_preflight"]
+    assert suite.tests == 1 and suites(logs)["SGLANG"].tests == 1
+    assert suite.failures == (0 if found.get("ok") or found.get("skipped") else 1)
+    assert suite.skipped == (1 if found.get("skipped") else 0)
+    if found.get("ok"):
+        plotted = {p.name: p.value for p in suite.properties()}
+        assert plotted["read_ms_4096"] == "0.2" and plotted["store_get_ms"] == "3.0"
+        assert plotted["protocol"] == "rdma" and plotted["memory"] == "gpu"

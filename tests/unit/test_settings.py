@@ -91,7 +91,7 @@ def test_help_lists_every_setting():
 # --- ranges: a value that would misbehave later is one line now -------------------------------
 TIMEOUT_NAMES = ["TIMEOUT_SERVER_READY_S", "TIMEOUT_HEALTH_S", "TIMEOUT_ROUTER_S",
                  "TIMEOUT_PROXY_S", "TIMEOUT_STOP_S", "TIMEOUT_GPU_DRAIN_S",
-                 "TIMEOUT_GPU_DRAIN_AFTER_KILL_S", "TIMEOUT_CASE_S"]
+                 "TIMEOUT_GPU_DRAIN_AFTER_KILL_S", "TIMEOUT_PREFLIGHT_S", "TIMEOUT_CASE_S"]
 
 
 @pytest.mark.parametrize("name", TIMEOUT_NAMES)

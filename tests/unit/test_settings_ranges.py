@@ -13,7 +13,7 @@ from harness.settings import Settings
 # Every timeout the SPEC names, plus the harness's own.
 TIMEOUTS = ["TIMEOUT_SERVER_READY_S", "TIMEOUT_HEALTH_S", "TIMEOUT_ROUTER_S", "TIMEOUT_PROXY_S",
             "TIMEOUT_STOP_S", "TIMEOUT_GPU_DRAIN_S", "TIMEOUT_GPU_DRAIN_AFTER_KILL_S",
-            "TIMEOUT_CASE_S"]
+            "TIMEOUT_PREFLIGHT_S", "TIMEOUT_CASE_S"]
 
 
 def refused(env: dict[str, str]) -> str:
