@@ -116,3 +116,14 @@ class HostUnhealthy(HarnessError):
 
 class Interrupted(HarnessError):
     """Ctrl-C or SIGTERM stopped the run."""
+
+
+def close_quietly(*things: object) -> None:
+    """Close each of `things` that is not None, in order; an error while closing is dropped:
+    a cleanup path must not fail on it (and must go on closing the rest)."""
+    for thing in things:
+        if thing is not None:
+            try:
+                thing.close()  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001 - see the docstring
+                pass

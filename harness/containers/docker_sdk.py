@@ -18,7 +18,7 @@ from harness.containers.engine import (CONTROL_TIMEOUT_S, EXEC_DEFAULT_TIMEOUT_S
                                        EngineRefused)
 from harness.containers.spec import (LABEL_ROLE, LABEL_RUN_ID, ROLE_CI_CONTAINER, ContainerSpec,
                                      engine_message)
-from harness.errors import DockerError
+from harness.errors import DockerError, close_quietly
 from harness.hosts.local import Completed
 from harness.waiting import note_progress
 
@@ -188,12 +188,7 @@ class SdkEngine(ContainerEngine):
         return Completed(list(argv), -1 if exit_code is None else int(exit_code), output)
 
     def close(self) -> None:
-        for client in (self._exec_client, self._client if self._owns_client else None):
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
-                    pass
+        close_quietly(self._exec_client, self._client if self._owns_client else None)
         self._exec_client = None
         if self._owns_client:
             self._client = None

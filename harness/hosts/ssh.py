@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Sequence
 
 import paramiko
 
-from harness.errors import CommandFailed, HarnessError
+from harness.errors import CommandFailed, HarnessError, close_quietly
 from harness.hosts.argv import timed_out, with_env, with_timeout
 from harness.hosts.local import Completed
 from harness.settings import HostKeyPolicy, Settings
@@ -232,12 +232,7 @@ class SSHHost(SFTPFiles):
         return f"; and {self.route.config_file}" if self.route.config_file else ""
 
     def _drop(self) -> None:
-        for thing in (self._sftp, self._client, *reversed(self._jump_clients)):
-            if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
-                    pass
+        close_quietly(self._sftp, self._client, *reversed(self._jump_clients))
         self._sftp = None
         self._client = None
         self._jump_clients = []

@@ -19,7 +19,7 @@ from typing import Callable, Mapping
 
 import paramiko
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, close_quietly
 from harness.hosts.sync_tree import build_tarball
 from harness.wipe import check_wipeable
 
@@ -76,11 +76,7 @@ class SFTPFiles:
             raise
 
     def _drop_sftp(self) -> None:
-        if self._sftp is not None:
-            try:
-                self._sftp.close()
-            except Exception:  # noqa: BLE001 - closing must not fail a cleanup path
-                pass
+        close_quietly(self._sftp)
         self._sftp = None
 
     # --- files --------------------------------------------------------------------------------

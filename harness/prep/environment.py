@@ -247,11 +247,23 @@ def reset(env: Environment, next_case: str) -> None:
     fan_out([reset_one(node) for node in env.nodes], env.cancel, "reset")
 
 
+def fresh_case_dirs(env: Environment, case: str) -> None:
+    """A case's log and PID dirs are emptied at its start, on both hosts (SPEC §4)."""
+    for node in env.nodes:
+        node.host.empty_dir(node.on_host(node.layout.case_logs(case)))
+        node.host.empty_dir(node.on_host(node.layout.case_pids(case)))
+
+
 def collect_remote_logs(env: Environment, case: str) -> None:
-    """Copy the remote host's logs of `case` into the local tree (before the result is written)."""
+    """Copy the remote host's logs of `case` into the local tree (before the result is
+    written). A copy that fails is a warning: it never changes a verdict."""
     node = env.remote
     if node is None:
         return
     source = node.on_host(node.layout.case_logs(case))
-    copied = node.host.get_tree(source, Path(env.layout.case_logs(case)))
+    try:
+        copied = node.host.get_tree(source, Path(env.layout.case_logs(case)))
+    except HarnessError as exc:
+        log.warning("could not copy the remote logs of %s: %s", case, exc)
+        return
     log.info("%s: copied %d log file(s) of %s", node.name, len(copied), case)

@@ -77,9 +77,11 @@ def _preflight_suite(root: ET.Element, found: dict | None) -> list[ET.Element]:
         return []
     suite = ET.SubElement(root, "testsuite", name="mooncake_preflight")
     properties = ET.SubElement(suite, "properties")
-    lines = [f"{k}: {found[k]}" for k in ("build", "protocol", "memory", "route") if found.get(k)]
+    lines = []
     for key in ("build", "protocol", "memory", "route"):
         ET.SubElement(properties, "property", name=key, value=str(found.get(key) or ""))
+        if found.get(key):
+            lines.append(f"{key}: {found[key]}")
     for row in found.get("sizes") or []:
         for verb in ("write", "read"):
             for unit in ("gbps", "ms"):

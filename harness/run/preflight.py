@@ -70,23 +70,19 @@ def ladder(max_bytes: int) -> list[int]:
     return sizes + [max_bytes]
 
 
-def run_preflight(env: Environment, settings: Settings, group: str,
-                  two_hosts: bool) -> Preflight:
+def run_preflight(env: Environment, settings: Settings, group: str) -> Preflight:
     """Run it; PreflightFailed names what failed, where, with the error."""
     started = time.monotonic()
     result = CaseResult(NAME, group=group)
     case = Case(NAME, group, SINGLE, 0, (), run=lambda ctx: None)
-    with ExitStack() as stack:
-        for node in env.nodes if two_hosts else [env.local]:
-            node.host.empty_dir(node.on_host(node.layout.case_logs(NAME)))
-            node.host.empty_dir(node.on_host(node.layout.case_pids(NAME)))
-        ctx = CaseContext(case, settings, env.local, env.remote if two_hosts else None, result,
-                          stack, env.policy, env.timeline)
-        stack.callback(_collect_logs, env)
+    with ExitStack() as stack:  # as the runner runs a case: its dirs, its stops, its logs
+        environment.fresh_case_dirs(env, NAME)
+        ctx = CaseContext(case, settings, env.local, env.remote, result, stack, env.policy,
+                          env.timeline)
+        stack.callback(environment.collect_remote_logs, env, NAME)
         stack.callback(ctx.stop_leftovers)
         found = _run(ctx)
     found.duration_s = time.monotonic() - started
-    _report(env, settings, found)
     return found
 
 
@@ -96,13 +92,6 @@ def _skip_reason(settings: Settings) -> str:
     if settings.harness_sim and settings.effective_sim_mooncake is SimMooncake.OFF:
         return "HARNESS_SIM_MOONCAKE=off: the simulated engines move no bytes"
     return ""
-
-
-def _collect_logs(env: Environment) -> None:
-    try:
-        environment.collect_remote_logs(env, NAME)
-    except HarnessError as exc:
-        log.warning("could not copy the remote logs of the pre-flight: %s", exc)
 
 
 def _run(ctx: CaseContext) -> Preflight:
@@ -255,7 +244,7 @@ def _optional(settings: Settings) -> bool:
     return settings.harness_sim and settings.effective_sim_mooncake is SimMooncake.AUTO
 
 
-def checked(env: Environment, settings: Settings, group: str, two_hosts: bool) -> Preflight:
+def checked(env: Environment, settings: Settings, group: str) -> Preflight:
     """The run's step: the pre-flight's findings, written down; an optional Mooncake that
     cannot load is a skip said with its cause; a failure is kept as `failure` (a
     PreflightFailed naming the pre-flight) for the run to raise. Ctrl-C goes straight up."""
@@ -266,7 +255,7 @@ def checked(env: Environment, settings: Settings, group: str, two_hosts: bool) -
         found = Preflight(skipped=why_not)
     else:
         try:
-            found = run_preflight(env, settings, group, two_hosts)
+            found = run_preflight(env, settings, group)
         except Interrupted:
             raise
         except _Optional as exc:
@@ -276,7 +265,7 @@ def checked(env: Environment, settings: Settings, group: str, two_hosts: bool) -
             failure = exc if isinstance(exc, PreflightFailed) else _named(exc)
             found = Preflight(error=str(failure), failure=failure,
                               duration_s=time.monotonic() - started)
-    _report(env, settings, found)
+    _report(env, found)
     return found
 
 
@@ -290,7 +279,7 @@ def _named(exc: HarnessError) -> PreflightFailed:
     return failure
 
 
-def _report(env: Environment, settings: Settings, found: Preflight) -> None:
+def _report(env: Environment, found: Preflight) -> None:
     """The console lines (one per size) and run/logs/mooncake_preflight/preflight.json."""
     path = Path(str(env.layout.case_logs(NAME))) / RESULT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)

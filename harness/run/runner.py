@@ -120,8 +120,7 @@ def _run_all(run: Run, stack: ExitStack) -> None:
         if case.group != prepared:
             environment.prepare(run.env, stack, case.group)
             prepared = case.group
-            run.preflight = preflight.checked(run.env, run.settings, case.group,
-                                              run.needs_remote)
+            run.preflight = preflight.checked(run.env, run.settings, case.group)
             if run.preflight.failure is not None:  # no model loads: every case fails with it
                 raise run.preflight.failure
         _run_case(run, case)
@@ -137,14 +136,14 @@ def _run_case(run: Run, case: Case) -> None:
     log.info("=== %s (%s, %s) ===", case.name, case.group, case.kind)
     try:
         with ExitStack() as stack:
-            fresh_case_dirs(run.env, case.name)
+            environment.fresh_case_dirs(run.env, case.name)
             write_unfinished(run.layout, case.name, case.group)  # the emptied dir held it
             # Run last (LIFO), after the case's own servers are stopped: anything still
             # recorded under run/pids/<case> on either host, then the remote logs join the
             # local tree before the result is written.
             ctx = CaseContext(case, run.settings, run.env.local, run.env.remote, result, stack,
                               run.env.policy, run.env.timeline)
-            stack.callback(_collect_logs, run, case.name)
+            stack.callback(environment.collect_remote_logs, run.env, case.name)
             stack.callback(ctx.stop_leftovers)
             case.execute(ctx)
         if result.cleanup_errors:  # it passed, but left something running somewhere
@@ -175,13 +174,6 @@ def _run_case(run: Run, case: Case) -> None:
                         containers=run.settings.harness_runtime is Runtime.DOCKER)
 
 
-def fresh_case_dirs(env: Environment, case: str) -> None:
-    """A case's log and PID dirs are emptied at its start, on both hosts (SPEC §4)."""
-    for node in env.nodes:
-        node.host.empty_dir(node.on_host(node.layout.case_logs(case)))
-        node.host.empty_dir(node.on_host(node.layout.case_pids(case)))
-
-
 def _stop_for_keep(run: Run) -> None:
     """KEEP_ON_FAILURE: the containers stay up and the cases after the kept one are not run;
     what to reach is read now, while the nodes are open."""
@@ -208,13 +200,6 @@ def _note_transfers(run: Run, result: CaseResult) -> None:
     first = (result.mooncake or {}).get("first_failure")
     if first and result.reason and "Mooncake" not in result.reason:
         result.reason += f"; Mooncake: {first}"
-
-
-def _collect_logs(run: Run, case: str) -> None:
-    try:
-        environment.collect_remote_logs(run.env, case)
-    except HarnessError as exc:
-        log.warning("could not copy the remote logs of %s: %s", case, exc)
 
 
 def _record_failure(result: CaseResult, exc: HarnessError, *, quiet: bool = False,

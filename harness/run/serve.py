@@ -17,7 +17,7 @@ from harness.errors import HarnessError, SettingsError
 from harness.policy import RunPolicy
 from harness.run.keep import Kept, liveness, reach_text
 from harness.results.outcome import CaseResult
-from harness.run.runner import Run, check_inputs, install_signal_handlers, fresh_case_dirs
+from harness.run.runner import Run, check_inputs, install_signal_handlers
 from harness.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,12 +53,12 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
         with ExitStack() as stack:
             environment.open_nodes(run.env, stack, needs_remote=True)
             environment.prepare(run.env, stack, case.group)
-            fresh_case_dirs(run.env, case.name)
+            environment.fresh_case_dirs(run.env, case.name)
             # a failed start stops what it started, as a run does: no keep-on-failure
             policy = RunPolicy(run.env.cancel)
             ctx = CaseContext(case, settings, run.env.local, run.env.remote,
                               CaseResult(case.name), stack, policy)
-            stack.callback(_copy_remote_logs, run, case.name)  # after every stop
+            stack.callback(environment.collect_remote_logs, run.env, case.name)  # after every stop
             stack.callback(ctx.stop_leftovers)
             case.prepare(ctx)
             ctx.in_model_scope(model, lambda ctx, m: _hold(ctx, case, m))
@@ -68,13 +68,6 @@ def serve(settings: Settings, name: str, model: str | None = None) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     print(f"serve {case.name}: every server stopped", flush=True)
-
-
-def _copy_remote_logs(run: Run, case: str) -> None:
-    try:
-        environment.collect_remote_logs(run.env, case)
-    except HarnessError as exc:
-        log.warning("could not copy the remote logs of %s: %s", case, exc)
 
 
 def _hold(ctx: CaseContext, case: Case, model: str) -> None:
