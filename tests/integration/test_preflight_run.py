@@ -75,7 +75,7 @@ def test_figures_of_a_two_host_run(project, tmp_path):
     assert local.endswith(".1") and remote.endswith(".2") and local != remote
     assert [row["bytes"] for row in result["sizes"]] == [4096, 1 << 20, 64 << 20]
     assert result["store"]["bytes"] == 1 << 20 and result["store"]["get_ms"] > 0
-    assert "Mooncake pre-flight: mooncake-transfer-engine-non-cuda" in out
+    assert out.count("Mooncake pre-flight: mooncake-transfer-engine-non-cuda") == 1, out
     assert " 64 MiB  write " in out and "store 1 MiB: put " in out
     # the same figures in the run summary, junit.xml (its own suite) and the report
     logs = project / "run/logs"
