@@ -16,6 +16,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import simknobs
 from harness.errors import HarnessError, Interrupted
 from harness.files import write_json_atomic
 from harness.hosts.nodes import Node
@@ -103,11 +104,14 @@ def _run(ctx: CaseContext) -> Preflight:
              "--metadata", f"http://{local.address}:{port + 1}/metadata"]
     sizes = ",".join(map(str, ladder(ctx.settings.preflight_max_bytes)))
     common = ["--protocol", protocol, "--memory", "auto", "--sizes", sizes, *store]
+    # the simulator's mooncake:corrupt acts here too: the target changes what arrives
+    faults = simknobs.check_faults(ctx.settings.sim_faults, ctx.settings.sim_vllm_version)
+    corrupt = ["--corrupt"] if ("mooncake", "corrupt") in faults else []
     with ctx.step("mooncake pre-flight: master and target"):
         services = _master(ctx)
         target = _payload(ctx, "target", target_node,
                           ["--role", "target", "--host", target_node.address,
-                           "--control-port", str(port + 3), *common])
+                           "--control-port", str(port + 3), *corrupt, *common])
         _ready_or_said(ctx, services, target)
     with ctx.step("mooncake pre-flight: transfers"):
         initiator = _payload(ctx, "initiator", local,
@@ -115,6 +119,7 @@ def _run(ctx: CaseContext) -> Preflight:
                               "--target", f"{target_node.address}:{port + 3}"])
         initiator.start()
         said = _outcome(ctx, initiator)
+        _let_exit(ctx, target)
     found = Preflight(ok=bool(said.get("ok")), build=said.get("build", ""), protocol=protocol,
                       memory=said.get("memory", ""), sizes=said.get("sizes", []),
                       store=said.get("store", {}),
@@ -214,6 +219,18 @@ def _outcome(ctx: CaseContext, initiator: Server) -> dict:
                               host=initiator.node.name, server="initiator",
                               log_tail=initiator.log_tail())
     return said
+
+
+def _let_exit(ctx: CaseContext, target: Server) -> None:
+    """The initiator told the target to quit: let it go before the master stops. A master
+    stopped while a store client is still connected closes that connection itself, which
+    leaves its RPC port in TIME_WAIT, and a master started on that port within the next
+    minute (the next run's pre-flight) exits with status 1 (seen in CI)."""
+    proc = target.proc
+    if proc is not None:
+        wait_until(lambda: (proc.exit_code() is not None, "still running"),
+                   timeout_s=ctx.settings.timeout_stop_s, awaited="the pre-flight target's exit",
+                   cancel=ctx.cancel)
 
 
 def _last_json(server: Server) -> dict:

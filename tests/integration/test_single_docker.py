@@ -30,6 +30,7 @@ def harness_env(container: str, image: str, **extra) -> dict:
         "ARTIFACT_ID": "", "MOONCAKE_WHEEL": "",
         # on 127.0.0.1 beside other workers' runs: this worker's own pre-flight ports
         "PREFLIGHT_PORT": worker_preflight_port(second=True),
+        "PREFLIGHT_MAX_BYTES": str(1 << 20),  # the pre-flight runs, its ladder kept short
     })
     env.update(extra)
     return env
