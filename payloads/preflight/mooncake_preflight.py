@@ -15,13 +15,13 @@ SHA-256 digests of both sides; with `--store` the target puts a value through th
 the initiator gets it. The last stdout line is one JSON object: build, protocol, memory kind,
 per size GB/s and latency each way, the store's put/get; or `{"ok": false, "error": ...}`
 (`"stage": "import"` when Mooncake does not load). Exit 0 / 1, without Mooncake's slow
-teardown (`leave`).
+teardown (`leave`). The Mooncake side (build, engine, store client, buffer) is in
+`mooncake_parts.py` beside this file.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -31,128 +31,12 @@ import sys
 import tempfile
 import time
 
+from mooncake_parts import Buffer, Failed, build, memory_kind, open_store, pattern_bytes, \
+    start_engine
+
 DEFAULT_SIZES = (4096, 1 << 20, 64 << 20, 1 << 30)
-PACKAGES = ("mooncake-transfer-engine", "mooncake-transfer-engine-cuda13",
-            "mooncake-transfer-engine-non-cuda")
-CPU_PIP_LINE = "pip install mooncake-transfer-engine-non-cuda"
-# The Debian/Ubuntu package that provides each shared library Mooncake's builds load.
-LIBRARY_PACKAGES = {"libibverbs.so.1": "libibverbs1", "libmlx5.so.1": "ibverbs-providers",
-                    "libnl-3.so.200": "libnl-3-200", "libnl-route-3.so.200": "libnl-route-3-200",
-                    "libnuma.so.1": "libnuma1", "libjsoncpp.so.25": "libjsoncpp25",
-                    "libcuda.so.1": "the NVIDIA driver (libcuda1 / a GPU host)"}
-STORE_BYTES, STORE_SEGMENT, CONNECT_S = 1 << 20, 64 << 20, 30.0
+STORE_BYTES, CONNECT_S = 1 << 20, 30.0
 KEEP = []  # Mooncake objects never torn down, alive until the process ends: see leave()
-
-
-class Failed(Exception):
-    """What failed, said in one line; `stage` "import" when Mooncake itself does not load."""
-
-    def __init__(self, message: str, stage: str = "transfer") -> None:
-        super().__init__(message)
-        self.stage = stage
-
-
-def build() -> str:
-    for name in PACKAGES:
-        try:
-            return f"{name} {importlib.metadata.version(name)}"
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return "mooncake (no distribution found)"
-
-
-class Buffer:
-    """`size` bytes an engine may transfer from or into: GPU memory through PyTorch, or the
-    engine's own managed host buffer."""
-
-    def __init__(self, engine, size: int, memory: str) -> None:
-        self.engine, self.size, self.memory = engine, size, memory
-        if memory == "gpu":
-            import torch
-            self.tensor = torch.empty(size, dtype=torch.uint8, device="cuda")
-            self.address = self.tensor.data_ptr()
-        else:
-            self.address = engine.allocate_managed_buffer(size)
-            if not self.address:
-                raise Failed(f"allocate_managed_buffer({size}) returned no buffer")
-
-    def register(self, broken: bool = False) -> None:
-        if self.memory != "gpu":
-            return  # a managed buffer is registered by the engine that allocated it
-        length = 1 if broken else self.size  # broken: the engine knows only its first byte
-        code = self.engine.register_memory(self.address, length)
-        if code != 0:
-            raise Failed(f"register_memory of {self.size} bytes of GPU memory returned {code}")
-
-    def fill(self, length: int, seed: int) -> None:
-        pattern = pattern_bytes(length, seed)
-        if self.memory == "gpu":
-            import torch
-            self.tensor[:length].copy_(torch.frombuffer(bytearray(pattern), dtype=torch.uint8))
-        else:
-            self.engine.write_bytes_to_buffer(self.address, pattern, length)
-
-    def digest(self, length: int) -> str:
-        if self.memory == "gpu":
-            data = self.tensor[:length].cpu().numpy().tobytes()
-        else:
-            data = self.engine.read_bytes_from_buffer(self.address, length)
-        return hashlib.sha256(data).hexdigest()
-
-
-def pattern_bytes(length: int, seed: int) -> bytes:
-    block = b"".join(hashlib.sha256(f"{seed}:{i}".encode()).digest() for i in range(128))
-    return (block * (length // len(block) + 1))[:length]
-
-
-def memory_kind(asked: str) -> str:
-    if asked != "auto":
-        return asked
-    try:
-        import torch
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    except ImportError:
-        return "cpu"
-
-
-def cannot_load(module: str, exc: BaseException) -> "Failed":
-    """Why `module` does not import, said so that the fix follows: a missing shared library
-    names the package that provides it, a missing module the pip line; both name the build."""
-    text = f"{type(exc).__name__}: {exc}"
-    missing = re.search(r"(lib[\w.+-]+\.so[\w.]*): cannot open shared object file", text)
-    if missing:
-        package = LIBRARY_PACKAGES.get(missing[1], "the package that provides it")
-        fix = f"the system library {missing[1]} is missing: install {package}"
-    elif isinstance(exc, ModuleNotFoundError):
-        fix = f"Mooncake is not installed for {sys.executable}: {CPU_PIP_LINE} (or the CUDA build)"
-    else:
-        fix = "see the error"
-    return Failed(f"{module} cannot load ({build()}): {text}; {fix}", stage="import")
-
-
-def start_engine(host: str, protocol: str):
-    try:
-        from mooncake.engine import TransferEngine
-    except Exception as exc:  # noqa: BLE001 (ImportError, a missing libcuda or libibverbs)
-        raise cannot_load("mooncake.engine", exc) from None
-    engine = TransferEngine()
-    if (code := engine.initialize(host, "P2PHANDSHAKE", protocol, "")) != 0:
-        raise Failed(f"TransferEngine.initialize({host}, P2PHANDSHAKE, {protocol}) returned {code}")
-    return engine
-
-
-def open_store(args: argparse.Namespace):
-    """A store client of the `mooncake_master` at --store, its segment mounted."""
-    try:
-        from mooncake.store import MooncakeDistributedStore
-    except Exception as exc:  # noqa: BLE001
-        raise cannot_load("mooncake.store", exc) from None
-    store = MooncakeDistributedStore()
-    if (code := store.setup(args.host, args.metadata, STORE_SEGMENT, STORE_SEGMENT,
-                            args.protocol, "", args.store)) != 0:
-        raise Failed(f"store setup on {args.host} with master {args.store} and metadata "
-                     f"{args.metadata} returned {code}")
-    return store
 
 
 # --- the target: an engine and a buffer, answering the initiator's questions -----------------
@@ -185,6 +69,8 @@ def target(args: argparse.Namespace) -> int:
 def answer_to(command: dict, buffer: Buffer, args: argparse.Namespace) -> dict | None:
     try:
         if command["do"] == "digest":
+            if args.corrupt:
+                buffer.flip()
             return {"digest": buffer.digest(command["length"])}
         if command["do"] == "fill":
             buffer.fill(command["length"], command["seed"])
@@ -255,8 +141,8 @@ class Peer:
                 "--log-file", self.log.name]
         if args.store:
             argv += ["--store", args.store, "--metadata", args.metadata]
-        if args.break_registration:
-            argv.append("--break-registration")
+        argv += [f"--{flag}" for flag in ("break-registration", "corrupt")
+                 if getattr(args, flag.replace("-", "_"))]
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True)
         for line in self.proc.stdout:
@@ -377,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metadata", help="the master's HTTP metadata URL (with --store)")
     parser.add_argument("--break-registration", action="store_true",
                         help="the target registers only the first byte of its GPU buffer")
+    parser.add_argument("--corrupt", action="store_true",
+                        help="the target changes a byte of what arrives before its digest")
     args = parser.parse_args(argv)
     args.memory = memory_kind(args.memory)
     try:

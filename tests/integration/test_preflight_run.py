@@ -129,6 +129,15 @@ def test_preflight_false_skips_it_and_says_so(project, tmp_path):
     assert found(project)["skipped"] == "PREFLIGHT=false" and not found(project)["ok"]
 
 
+def test_the_simulators_corrupt_fault_fails_the_preflight_on_the_first_write(project,
+                                                                             tmp_path):
+    code, out, seconds = run(project, tmp_path, DOUBLE, HARNESS_SIM_FAULTS="mooncake:corrupt")
+    assert code == 1, out[-3000:]
+    reason = assert_failed_fast(project, out, seconds, DOUBLE)
+    assert "the 4096 bytes of the write with 127.0." in reason, reason
+    assert reason.endswith("arrived changed"), reason
+
+
 def test_a_master_that_exits_fails_the_run_with_its_log(project, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
