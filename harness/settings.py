@@ -152,10 +152,6 @@ class Settings:
     preflight_max_bytes: int = _s("PREFLIGHT_MAX_BYTES", 1 << 30,
                                   "largest size of the pre-flight's ladder (4 KiB, 1 MiB, "
                                   "64 MiB, 1 GiB), 4096 to 4294967296")
-    preflight_port: int = _s("PREFLIGHT_PORT", 15551,
-                             "first of the pre-flight's 4 ports: master RPC, HTTP metadata (on "
-                             "every address), master metrics (local host), target control "
-                             "(remote host)")
     harness_runtime: Runtime = _s("HARNESS_RUNTIME", Runtime.DOCKER,
                                   "docker: processes run in the container; host: on each host")
     harness_remote: RemoteVia = _s(
@@ -253,9 +249,6 @@ class Settings:
         if not 4096 <= self.preflight_max_bytes <= 1 << 32:
             raise SettingsError(f"bad value for PREFLIGHT_MAX_BYTES: {self.preflight_max_bytes} "
                                 "(accepted: 4096 to 4294967296 bytes)")
-        if not 1 <= self.preflight_port <= 65532:
-            raise SettingsError(f"bad value for PREFLIGHT_PORT: {self.preflight_port} "
-                                "(accepted: 1-65532; it and the 3 ports after it are used)")
         if not 1 <= self.remote_ssh_port <= 65535:
             raise SettingsError(f"bad value for REMOTE_SSH_PORT: {self.remote_ssh_port} "
                                 "(accepted: a TCP port, 1-65535)")

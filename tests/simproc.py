@@ -56,13 +56,6 @@ def worker_addresses() -> tuple[str, str]:
     return f"127.0.{net}.1", f"127.0.{net}.2"
 
 
-def worker_preflight_port(second: bool = False) -> str:
-    """PREFLIGHT_PORT for this worker's runs: the pre-flight's four ports are fixed per run,
-    so each worker takes its own range (and a second one for runs on 127.0.0.1 itself)."""
-    net = int(worker_addresses()[0].split(".")[2])
-    return str(16000 + 10 * net + (5 if second else 0))
-
-
 def demo_env(remote_root: Path, *, relocated: bool = False, **extra: str) -> dict[str, str]:
     """The demo's settings for a run in a project copy whose second node lives at `remote_root`;
     this environment's own harness variables left out, this interpreter first on PATH (the
@@ -75,7 +68,6 @@ def demo_env(remote_root: Path, *, relocated: bool = False, **extra: str) -> dic
                 "TIMEOUT_STOP_S": "5"})
     if relocated:
         env["LOCAL_IP"], env["REMOTE_IP"] = worker_addresses()
-        env["PREFLIGHT_PORT"] = worker_preflight_port()
     env.update(extra)
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     return env

@@ -35,6 +35,11 @@ NAME = "mooncake_preflight"        # its log and PID dirs, its JUnit testcase
 RESULT_FILE = "preflight.json"     # under run/logs/mooncake_preflight/
 LADDER = (4096, 1 << 20, 64 << 20, 1 << 30)
 RDMA_DEVICES_DIR = "/sys/class/infiniband"
+# Bind `count` sockets to port 0 of an address at once: distinct ports, free at that moment.
+FREE_PORTS = ("import socket, sys\n"
+              "held = [socket.socket() for _ in range(int(sys.argv[2]))]\n"
+              "for sock in held:\n    sock.bind((sys.argv[1], 0))\n"
+              "print(' '.join(str(sock.getsockname()[1]) for sock in held))")
 
 
 class PreflightFailed(HarnessError):
@@ -99,24 +104,25 @@ def _run(ctx: CaseContext) -> Preflight:
     local = ctx.local
     target_node = ctx.remote or local
     protocol = _protocol(ctx)
-    port = ctx.settings.preflight_port  # the master's RPC; its metadata, metrics; the control
-    store = ["--store", f"{local.address}:{port}",
-             "--metadata", f"http://{local.address}:{port + 1}/metadata"]
+    ports = _free_ports(local, 3)  # the master's RPC and metrics, the metadata server
+    store = ["--store", f"{local.address}:{ports[0]}",
+             "--metadata", f"http://{local.address}:{ports[2]}/metadata"]
     sizes = ",".join(map(str, ladder(ctx.settings.preflight_max_bytes)))
     common = ["--protocol", protocol, "--memory", "auto", "--sizes", sizes, *store]
     # the simulator's mooncake:corrupt acts here too: the target changes what arrives
     faults = simknobs.check_faults(ctx.settings.sim_faults, ctx.settings.sim_vllm_version)
     corrupt = ["--corrupt"] if ("mooncake", "corrupt") in faults else []
     with ctx.step("mooncake pre-flight: master and target"):
-        services = _master(ctx)
+        services = _master(ctx, ports)
         target = _payload(ctx, "target", target_node,
                           ["--role", "target", "--host", target_node.address,
-                           "--control-port", str(port + 3), *corrupt, *common])
+                           "--control-port", "0", *corrupt, *common])
         _ready_or_said(ctx, services, target)
+        control = _hello(target)["control"]
     with ctx.step("mooncake pre-flight: transfers"):
         initiator = _payload(ctx, "initiator", local,
                              ["--host", local.address, *common,
-                              "--target", f"{target_node.address}:{port + 3}"])
+                              "--target", control])
         initiator.start()
         said = _outcome(ctx, initiator)
         _let_exit(ctx, target)
@@ -136,27 +142,34 @@ def _protocol(ctx: CaseContext) -> str:
         return asked.value
     for node in ctx.nodes:
         listing = node.exec(["ls", "-A", RDMA_DEVICES_DIR], check=False, timeout=30)
-        if not (listing.ok and listing.stdout.strip()):
+        if not (listing.ok and listing.output.strip()):
             return "tcp"
     return "rdma"
 
 
-def _master(ctx: CaseContext) -> list[Server]:
+def _free_ports(node: Node, count: int) -> list[int]:
+    """`count` ports free on the node's address now, as its kernel hands them out. Fixed ports
+    do not do: a master cannot listen on a port that still has connections in TIME_WAIT,
+    which any interrupted run leaves for a minute."""
+    done = node.exec(["python3", "-c", FREE_PORTS, node.address, str(count)], timeout=30)
+    return [int(port) for port in done.output.split()]
+
+
+def _master(ctx: CaseContext, ports: list[int]) -> list[Server]:
     """`mooncake_master` and the wheel's HTTP metadata server, on the local host's address.
-    Not the master's own metadata server: it binds every address without SO_REUSEADDR, so
-    a second pre-flight within a minute (the next group's) could not bind its port."""
-    node, port = ctx.local, ctx.settings.preflight_port
+    Not the master's own metadata server: it binds every address without SO_REUSEADDR."""
+    node = ctx.local
     address = node.address
-    argv = ["mooncake_master", f"--rpc_port={port}", f"--rpc_address={address}",
-            f"--metrics_host={address}", f"--metrics_port={port + 2}"]
+    argv = ["mooncake_master", f"--rpc_port={ports[0]}", f"--rpc_address={address}",
+            f"--metrics_host={address}", f"--metrics_port={ports[1]}"]
     metadata = ["python3", "-m", "mooncake.http_metadata_server", "--host", address,
-                "--port", str(port + 1)]
+                "--port", str(ports[2])]
     ready = [OwnsPort(ctx.settings.timeout_preflight_s)]
     return [ctx.server("mooncake_master", node, argv, log=_log(node, "mooncake_master.log"),
-                       ready=ready, address=address, port=port, env=ctx.sim_env(node),
+                       ready=ready, address=address, port=ports[0], env=ctx.sim_env(node),
                        kind="preflight"),
             ctx.server("metadata_server", node, metadata, log=_log(node, "metadata_server.log"),
-                       ready=ready, address=address, port=port + 1, env=ctx.sim_env(node),
+                       ready=ready, address=address, port=ports[2], env=ctx.sim_env(node),
                        kind="preflight")]
 
 
@@ -222,15 +235,23 @@ def _outcome(ctx: CaseContext, initiator: Server) -> dict:
 
 
 def _let_exit(ctx: CaseContext, target: Server) -> None:
-    """The initiator told the target to quit: let it go before the master stops. A master
-    stopped while a store client is still connected closes that connection itself, which
-    leaves its RPC port in TIME_WAIT, and a master started on that port within the next
-    minute (the next run's pre-flight) exits with status 1 (seen in CI)."""
+    """The initiator told the target to quit: let it go before the master stops, so its
+    store client leaves on its own rather than being cut off (which leaves the master's
+    port in TIME_WAIT for a minute)."""
     proc = target.proc
     if proc is not None:
         wait_until(lambda: (proc.exit_code() is not None, "still running"),
                    timeout_s=ctx.settings.timeout_stop_s, awaited="the pre-flight target's exit",
                    cancel=ctx.cancel)
+
+
+def _hello(target: Server) -> dict:
+    """What the target said when it was ready: its session, buffer and control port."""
+    for line in target.log_tail(200).splitlines():
+        if line.startswith("{") and '"control": ' in line:
+            return json.loads(line)
+    raise PreflightFailed("Mooncake pre-flight: the target's ready line cannot be read",
+                          host=target.node.name, server="target", log_tail=target.log_tail())
 
 
 def _last_json(server: Server) -> dict:

@@ -13,8 +13,6 @@ import uuid
 
 import pytest
 
-from tests.simproc import worker_preflight_port
-
 pytestmark = pytest.mark.docker
 
 
@@ -28,8 +26,6 @@ def harness_env(container: str, image: str, **extra) -> dict:
         "CONTAINER_PRIVILEGED": "false", "CONTAINER_MEMLOCK": "0", "CONTAINER_SHM_SIZE": "1g",
         "INSTALL_ERDMA": "false", "USE_HUGGINGFACE_MIRROR": "false", "TIMEOUT_STOP_S": "5",
         "ARTIFACT_ID": "", "MOONCAKE_WHEEL": "",
-        # on 127.0.0.1 beside other workers' runs: this worker's own pre-flight ports
-        "PREFLIGHT_PORT": worker_preflight_port(second=True),
         "PREFLIGHT_MAX_BYTES": str(1 << 20),  # the pre-flight runs, its ladder kept short
     })
     env.update(extra)

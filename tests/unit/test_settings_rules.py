@@ -170,15 +170,3 @@ def test_preflight_max_bytes_out_of_range_is_one_exact_line(value):
 @pytest.mark.parametrize("value", ["4096", "4294967296"])
 def test_preflight_max_bytes_edges_are_accepted(value):
     assert Settings.from_env({"PREFLIGHT_MAX_BYTES": value}).preflight_max_bytes == int(value)
-
-
-@pytest.mark.parametrize("value", ["0", "65533", "-1"])
-def test_a_preflight_port_without_room_for_its_three_neighbours_is_refused(value):
-    assert refusal({"PREFLIGHT_PORT": value}) == (
-        f"bad value for PREFLIGHT_PORT: {value} (accepted: 1-65532; it and the 3 ports after it "
-        "are used)")
-
-
-@pytest.mark.parametrize("value", ["1", "65532"])
-def test_preflight_port_edges_are_accepted(value):
-    assert Settings.from_env({"PREFLIGHT_PORT": value}).preflight_port == int(value)
