@@ -118,7 +118,42 @@ def test_the_preflight_is_its_own_suite_and_the_file_still_validates(tmp_path, j
     assert suite.tests == 1 and suites(logs)["SGLANG"].tests == 1
     assert suite.failures == (0 if found.get("ok") or found.get("skipped") else 1)
     assert suite.skipped == (1 if found.get("skipped") else 0)
+    (case,) = suite
+    assert (case.name, case.classname) == ("mooncake_preflight", "mooncake")
+    assert case.time == (4.5 if found.get("ok") else 0.0)
     if found.get("ok"):
         plotted = {p.name: p.value for p in suite.properties()}
-        assert plotted["read_ms_4096"] == "0.2" and plotted["store_get_ms"] == "3.0"
-        assert plotted["protocol"] == "rdma" and plotted["memory"] == "gpu"
+        assert plotted == {"build": "mooncake-transfer-engine 0.3.14", "protocol": "rdma",
+                           "memory": "gpu", "route": "10.0.0.1 -> 10.0.0.2",
+                           "write_gbps_4096": "0.01", "write_ms_4096": "0.4",
+                           "read_gbps_4096": "0.02", "read_ms_4096": "0.2",
+                           "store_put_ms": "2.0", "store_get_ms": "3.0"}
+        assert case.system_out.splitlines() == [
+            "build: mooncake-transfer-engine 0.3.14", "protocol: rdma", "memory: gpu",
+            "route: 10.0.0.1 -> 10.0.0.2",
+            "4096 bytes: write 0.01 GB/s 0.4 ms, read 0.02 GB/s 0.2 ms",
+            "store put_ms: 2.0", "store get_ms: 3.0"]
+    elif found.get("skipped"):
+        assert case.result[0].message == "PREFLIGHT=false" and case.system_out is None
+
+
+def test_a_failed_preflight_is_a_failure_whose_message_is_the_errors_first_line(tmp_path):
+    error = "Mooncake pre-flight: on remote (10.0.0.2): write returned -1\nthe target said: x"
+    logs = summary_with(tmp_path, [], preflight={"ok": False, "error": error,
+                                                 "protocol": "tcp", "duration_s": 1.25})
+    suite = suites(logs)["mooncake_preflight"]
+    (case,) = suite
+    (failure,) = case.result
+    assert isinstance(failure, Failure)
+    assert (failure.message, failure.type, failure.text) == (error.splitlines()[0],
+                                                             "preflight", error)
+    assert case.time == 1.25 and case.system_out == "protocol: tcp"
+    assert {p.name: p.value for p in suite.properties()} == {
+        "build": "", "protocol": "tcp", "memory": "", "route": ""}
+    assert suite.failures == 1 and suite.skipped == 0
+
+
+def test_a_failed_preflight_without_an_error_still_says_it_failed(tmp_path):
+    logs = summary_with(tmp_path, [], preflight={"ok": False, "duration_s": 0.5})
+    (case,) = suites(logs)["mooncake_preflight"]
+    assert case.result[0].message == "failed" and case.result[0].text == "failed"
